@@ -1,0 +1,13 @@
+"""The shared kit: what every lesson, notebook and test uses.
+
+- :mod:`.server`     run a lesson's server in a background thread, stop it cleanly
+- :mod:`.transcript` record what each side did; render it as two lanes
+- :mod:`.cli`        the demo / serve / client command line
+- :mod:`.stream`     recv_exactly, recv_until_eof, length-prefixed messages
+- :mod:`.adversary`  dribblers, floods, resets, silent peers
+- :mod:`.check`      exercise checks that print ✓/✗ and never hang
+"""
+from .server import Stopper, accept_until, listen, running
+from .transcript import Transcript
+
+__all__ = ["Stopper", "Transcript", "accept_until", "listen", "running"]

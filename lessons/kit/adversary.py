@@ -1,0 +1,195 @@
+"""Hostile and awkward peers, for "break it" demos, exercise checks and tests.
+
+Real networks and real clients do all of these: split messages into tiny
+pieces, send far more than fits in a buffer, close one direction early,
+vanish with a reset, or connect and say nothing. A server that survives only
+polite clients is not finished.
+
+Every peer here has a timeout on each socket operation, so none can hang.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from typing import Iterator, Optional
+
+from .stream import recv_until_eof
+
+TIMEOUT = 5.0
+
+
+def connect(address: tuple, timeout: float = TIMEOUT) -> socket.socket:
+    sock = socket.create_connection(address[:2], timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # so each dribbled byte leaves at once
+    return sock
+
+
+def dribble(address: tuple, data: bytes, delay: float = 0.02, timeout: float = TIMEOUT) -> bytes:
+    """Send one byte at a time with a pause between, half-close, return the reply."""
+    with connect(address, timeout) as sock:
+        try:
+            for i in range(len(data)):
+                sock.sendall(data[i:i + 1])
+                time.sleep(delay)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server hung up early; what it sent back so far is the answer
+        return _read_what_arrives(sock)
+
+
+def _read_what_arrives(sock: socket.socket) -> bytes:
+    """Read until EOF, or until a reset ends the connection."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def half_close(address: tuple, data: bytes, timeout: float = TIMEOUT) -> bytes:
+    """Send everything, shut down the sending side, read the reply until EOF."""
+    with connect(address, timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return recv_until_eof(sock)
+
+
+def flood(address: tuple, nbytes: int, timeout: float = TIMEOUT, chunk: int = 1 << 20) -> bytes:
+    """Send nbytes while reading the reply in parallel; return the reply.
+
+    Sending everything first and reading afterwards would deadlock against an
+    echo server: both sides' buffers fill and both block in send().
+    """
+    pattern = bytes(range(256)) * (chunk // 256)
+    with connect(address, timeout) as sock:
+        failure: list = []
+
+        def writer():
+            try:
+                left = nbytes
+                while left:
+                    piece = pattern[:min(left, len(pattern))]
+                    sock.sendall(piece)
+                    left -= len(piece)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                failure.append(exc)
+
+        t = threading.Thread(target=writer, name="flood-writer", daemon=True)
+        t.start()
+        try:
+            reply = recv_until_eof(sock, limit=nbytes * 2 + 1)
+        finally:
+            t.join(timeout)
+        if failure:
+            raise failure[0]
+        return reply
+
+
+def flood_pattern(nbytes: int, chunk: int = 1 << 20) -> bytes:
+    """The bytes that flood() sends, to compare a reply against."""
+    pattern = bytes(range(256)) * (chunk // 256)
+    whole, rest = divmod(nbytes, len(pattern))
+    return pattern * whole + pattern[:rest]
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with a reset (RST) instead of an orderly FIN: SO_LINGER on, zero seconds."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def reset(address: tuple, data: bytes = b"", timeout: float = TIMEOUT, pause: float = 0.05) -> None:
+    """Connect, optionally send something, then vanish with a reset."""
+    sock = connect(address, timeout)
+    try:
+        if data:
+            sock.sendall(data)
+            time.sleep(pause)  # let the server start working on it before the reset
+    finally:
+        abort(sock)
+
+
+@contextlib.contextmanager
+def silent(address: tuple, timeout: float = TIMEOUT) -> Iterator[socket.socket]:
+    """Connect and say nothing for as long as the block lasts."""
+    with connect(address, timeout) as sock:
+        yield sock
+
+
+@contextlib.contextmanager
+def silent_server(host: str = "127.0.0.1") -> Iterator[tuple]:
+    """A listener that accepts connections and never says a word.
+
+    Yields its address. Clients that wait for a greeting from it time out,
+    which is how a hung or overloaded server looks from the outside.
+    """
+    from .server import accept_until, running
+
+    held: list = []
+
+    def serve(listener, stop, log):
+        for conn, _ in accept_until(listener, stop):
+            held.append(conn)
+        for conn in held:
+            conn.close()
+
+    with running(serve, host=host, name="silent-server") as server:
+        yield server.address
+
+
+def closed_port(host: str = "127.0.0.1") -> tuple:
+    """An address where nothing listens: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[:2]
+
+
+@contextlib.contextmanager
+def connected_pair(timeout: float = TIMEOUT) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two ends of a real TCP connection on loopback: (ours, theirs)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(timeout)
+        ours = socket.create_connection(listener.getsockname(), timeout=timeout)
+        try:
+            theirs, _ = listener.accept()
+        except BaseException:
+            ours.close()
+            raise
+    theirs.settimeout(timeout)
+    theirs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def play(sock: socket.socket, script: list, delay: float = 0.02) -> threading.Thread:
+    """Act out a script on ``sock`` in a background thread and return the thread.
+
+    Steps: bytes to send (each sent separately, after ``delay``), "close" for
+    an orderly close of the sending side, "reset" for an abrupt one.
+    """
+    def act():
+        with contextlib.suppress(OSError):
+            for step in script:
+                time.sleep(delay)
+                if step == "close":
+                    sock.shutdown(socket.SHUT_WR)
+                elif step == "reset":
+                    abort(sock)
+                    return
+                else:
+                    sock.sendall(step)
+
+    t = threading.Thread(target=act, name="scripted-peer", daemon=True)
+    t.start()
+    return t

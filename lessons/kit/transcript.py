@@ -1,0 +1,187 @@
+"""A thread-safe record of what each side of a conversation did, and a view of it.
+
+Servers in this workbook never print: a print from a background thread lands in
+whichever notebook cell happens to be running, and its timing varies from run to
+run. Instead both sides *record* events here, and the notebook renders the
+record after the client step, as two lanes::
+
+    #  client                      server
+    1                              listen
+    2  connect
+    3  send 5 bytes  b'hello'
+    4                              accept client 1
+    5                              recv 5 bytes  b'hello'
+
+Threads interleave differently on every run, so the view does not use arrival
+order. It merges the two lanes by cause and effect (a recv comes after the send
+that fed it, an EOF after the peer's close, an accept after a connect), which
+gives the same picture on every run and on every machine. For that to hold,
+record a send, connect, shutdown or close *before* doing it, and a recv or
+accept *after* it returns.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+CLIENT, SERVER = "client", "server"
+
+# Event kinds. Only these take part in the causal merge; any other kind
+# (a free-form "note") is placed by arrival order within its own lane.
+LISTEN, CONNECT, ACCEPT = "listen", "connect", "accept"
+SEND, RECV, EOF = "send", "recv", "eof"
+SHUTDOWN, CLOSE, ERROR, NOTE = "shutdown", "close", "error", "note"
+
+
+@dataclass(frozen=True)
+class Event:
+    side: str          # CLIENT or SERVER
+    kind: str          # one of the kinds above
+    conn: str = ""     # which connection: "client 1", "alice", ...
+    nbytes: int = 0    # for SEND and RECV
+    detail: str = ""   # short, deterministic text: never a port or an address
+
+    def describe(self) -> str:
+        words = {
+            SEND: f"send {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
+            RECV: f"recv {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
+            EOF: "recv → b'' (EOF)",
+            ACCEPT: f"accept {self.conn}".rstrip(),
+        }
+        text = words.get(self.kind, self.kind)
+        if self.kind == NOTE:
+            text = self.detail
+        elif self.detail:
+            text = f"{text}  {self.detail}"
+        return text
+
+
+class Transcript:
+    """Events from both sides, appended under a lock, capped in length."""
+
+    def __init__(self, maxlen: int = 100_000, live: Optional[Callable[[Event], None]] = None):
+        self._events: collections.deque[Event] = collections.deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._live = live  # serve mode: show each event as it happens
+
+    def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Event:
+        event = Event(side, kind, conn, nbytes, detail)
+        with self._changed:
+            self._events.append(event)
+            self._changed.notify_all()
+        if self._live is not None:
+            self._live(event)
+        return event
+
+    def events(self, side: Optional[str] = None) -> list[Event]:
+        with self._lock:
+            return [e for e in self._events if side is None or e.side == side]
+
+    def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float = 5.0) -> bool:
+        """Block until predicate(events) holds, or timeout; returns whether it held."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(list(self._events)), timeout)
+
+    def wait_for_event(self, side: str, kind: str, count: int = 1, timeout: float = 5.0) -> bool:
+        return self.wait_for(lambda evs: sum(e.side == side and e.kind == kind for e in evs) >= count, timeout)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    def ordered(self) -> list[Event]:
+        return causal_order(self.events())
+
+    def render(self, title: str = "transcript", max_rows: int = 60):
+        """A rich Table with a client lane and a server lane."""
+        return render_lanes(self.ordered(), title=title, max_rows=max_rows)
+
+
+def _other(side: str) -> str:
+    return SERVER if side == CLIENT else CLIENT
+
+
+def causal_order(events: Iterable[Event]) -> list[Event]:
+    """Merge the client lane and the server lane in an order that respects causes.
+
+    Each lane keeps its own order. The merge advances the client lane while its
+    next event's cause has happened, then the server lane, and falls back to
+    arrival order only if neither can move (a record that breaks the rules above).
+    """
+    events = list(events)
+    lanes = {CLIENT: [e for e in events if e.side == CLIENT],
+             SERVER: [e for e in events if e.side == SERVER]}
+    pos = {CLIENT: 0, SERVER: 0}
+    sent = collections.Counter()      # (side, conn) -> bytes sent so far
+    received = collections.Counter()  # (side, conn) -> bytes received so far
+    closed = set()                    # (side, conn) that shut down or closed
+    listening = False
+    connects = accepts = 0
+    out: list[Event] = []
+
+    def ready(e: Event) -> bool:
+        peer = (_other(e.side), e.conn)
+        if e.kind == RECV:
+            return sent[peer] >= received[(e.side, e.conn)] + e.nbytes
+        if e.kind == EOF:
+            return peer in closed
+        if e.kind == ACCEPT:
+            return connects > accepts
+        if e.kind == CONNECT:
+            return listening or not lanes[SERVER]
+        return True
+
+    def take(e: Event) -> None:
+        nonlocal listening, connects, accepts
+        key = (e.side, e.conn)
+        if e.kind == SEND:
+            sent[key] += e.nbytes
+        elif e.kind == RECV:
+            received[key] += e.nbytes
+        elif e.kind in (SHUTDOWN, CLOSE):
+            closed.add(key)
+        elif e.kind == LISTEN:
+            listening = True
+        elif e.kind == CONNECT:
+            connects += 1
+        elif e.kind == ACCEPT:
+            accepts += 1
+        out.append(e)
+
+    while pos[CLIENT] < len(lanes[CLIENT]) or pos[SERVER] < len(lanes[SERVER]):
+        for side in (CLIENT, SERVER):
+            if pos[side] < len(lanes[side]) and ready(lanes[side][pos[side]]):
+                take(lanes[side][pos[side]])
+                pos[side] += 1
+                break
+        else:  # neither lane can move: the record broke the rules; keep arrival order
+            nxt = min((lanes[s][pos[s]] for s in lanes if pos[s] < len(lanes[s])),
+                      key=events.index)
+            take(nxt)
+            pos[nxt.side] += 1
+    return out
+
+
+def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("client", style="cyan")
+    table.add_column("server", style="magenta")
+    shown = events if len(events) <= max_rows else events[: max_rows - 1]
+    # Name the connection on each row only when there is more than one to tell apart.
+    several = len({e.conn for e in events if e.conn}) > 1
+    for i, e in enumerate(shown, 1):
+        text = e.describe()
+        if several and e.conn and e.kind != ACCEPT:
+            text = f"[{e.conn}] {text}"
+        style = "bold red" if e.kind == ERROR else None
+        cells = (text, "") if e.side == CLIENT else ("", text)
+        table.add_row(str(i), *cells, style=style)
+    if len(events) > len(shown):
+        table.add_row("…", f"{len(events) - len(shown):,} more events", "")
+    return table
