@@ -123,21 +123,30 @@ def silent(address: tuple, timeout: float = TIMEOUT) -> Iterator[socket.socket]:
 
 
 @contextlib.contextmanager
-def silent_server(host: str = "127.0.0.1") -> Iterator[tuple]:
-    """A listener that accepts connections and never says a word.
+def silent_server(hold: float = 2.0, host: str = "127.0.0.1") -> Iterator[tuple]:
+    """A server that accepts connections, says nothing for ``hold`` seconds,
+    then hangs up. Yields its address.
 
-    Yields its address. Clients that wait for a greeting from it time out,
+    A client that waits for it without a timeout is stuck for the whole hold,
     which is how a hung or overloaded server looks from the outside.
     """
-    from .server import accept_until, running
-
-    held: list = []
+    from .server import POLL_INTERVAL, running
 
     def serve(listener, stop, log):
-        for conn, _ in accept_until(listener, stop):
-            held.append(conn)
-        for conn in held:
-            conn.close()
+        held = []  # (deadline, conn)
+        listener.settimeout(POLL_INTERVAL)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(socket.timeout):
+                    conn, _ = listener.accept()
+                    held.append((time.monotonic() + hold, stop.track(conn)))
+                now = time.monotonic()
+                for deadline, conn in [h for h in held if h[0] <= now]:
+                    conn.close()
+                held = [h for h in held if h[0] > now]
+        finally:
+            for _, conn in held:
+                conn.close()
 
     with running(serve, host=host, name="silent-server") as server:
         yield server.address

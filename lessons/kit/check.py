@@ -12,6 +12,7 @@ recv() return or fail). So the output of an unfinished exercise is stable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -40,9 +41,12 @@ class Guard:
         return sock
 
     def cut_off(self) -> None:
+        # shutdown() wakes a blocked recv(); close() then makes the next recv()
+        # raise, which ends even a loop that spins on b'' without checking it.
         for sock in self.socks:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 @dataclass
@@ -70,13 +74,23 @@ class CheckResult:
 def describe(value) -> str:
     """A short, deterministic description of a value or an exception."""
     if isinstance(value, BaseException):
-        text = str(value)
-        return f"raised {type(value).__name__}" + (f": {text}" if text else "")
+        return f"raised {describe_error(value)}"
     text = repr(value)
     if len(text) <= 60:
         return text
     size = f" ({len(value):,} long)" if hasattr(value, "__len__") else ""
     return text[:45] + "…" + size
+
+
+def describe_error(exc: BaseException) -> str:
+    """Name an exception the same way on every OS: errno numbers and messages
+    differ between Linux, macOS and Windows, errno *names* do not."""
+    name = type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and code in errno.errorcode:
+        return f"{name} ({errno.errorcode[code]})"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
 
 
 def run_scenario(scenario: Callable, fn: Callable, deadline: float = DEADLINE) -> Outcome:

@@ -99,6 +99,8 @@ def serve_forever(serve: Callable, host: str, port: int, name: str) -> int:
         stop.set()
         worker.join(JOIN_TIMEOUT)
         listener.close()
+        if not worker.is_alive():
+            stop.close_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failure:

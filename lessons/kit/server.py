@@ -63,6 +63,15 @@ class Stopper:
             _shutdown_quietly(conn)
 
 
+    def close_all(self) -> None:
+        """Close what a finished server left open (a crashed handler, say).
+        Only call this once the server's threads have been joined."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn.close()
+
+
 def _shutdown_quietly(conn: socket.socket) -> None:
     if conn.fileno() == -1:  # already closed by its owner
         return
@@ -160,6 +169,8 @@ def running(serve: Callable[[socket.socket, Stopper, Transcript], None],
         stop.set()
         thread.join(JOIN_TIMEOUT)
         listener.close()
+        if not thread.is_alive():
+            stop.close_all()
         if thread.is_alive():
             raise RuntimeError(f"{name} thread did not stop within {JOIN_TIMEOUT:g} s")
     if errors:

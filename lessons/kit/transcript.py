@@ -95,9 +95,14 @@ class Transcript:
     def ordered(self) -> list[Event]:
         return causal_order(self.events())
 
-    def render(self, title: str = "transcript", max_rows: int = 60):
-        """A rich Table with a client lane and a server lane."""
-        return render_lanes(self.ordered(), title=title, max_rows=max_rows)
+    def render(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
+        """A rich Table with a client lane and a server lane.
+
+        ``causal=False`` keeps arrival order, which is only deterministic when a
+        single thread recorded everything (as in lesson 01's anatomy).
+        """
+        events = self.ordered() if causal else self.events()
+        return render_lanes(events, title=title, max_rows=max_rows)
 
 
 def _other(side: str) -> str:

@@ -1,0 +1,173 @@
+"""The shared kit: background servers stop, transcripts are deterministic, checks never hang."""
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from lessons.kit import adversary, running
+from lessons.kit.check import check, describe_error, expect_value, run_scenario, scenario
+from lessons.kit.stream import recv_exactly, recv_message, recv_until_eof, send_message
+from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, RECV,
+                                    SEND, SERVER, SHUTDOWN, Event, causal_order)
+
+
+def idle_server(listener, stop, log):
+    from lessons.kit import accept_until
+    conns = []
+    for conn, _ in accept_until(listener, stop):
+        conns.append(conn)
+    for conn in conns:
+        conn.close()
+
+
+def test_running_yields_a_real_port_and_joins_the_thread():
+    with running(idle_server) as server:
+        assert server.host == "127.0.0.1" and server.port != 0
+        assert server.thread.is_alive() and server.thread.daemon
+        socket.create_connection(server.address, timeout=2).close()
+    assert not server.thread.is_alive()
+    with pytest.raises(OSError):  # the port is closed again
+        socket.create_connection(server.address, timeout=1).close()
+
+
+def test_a_crashed_server_is_reraised_on_exit():
+    def broken(listener, stop, log):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with running(broken):
+            time.sleep(0.05)
+
+
+def test_stopping_wakes_a_handler_blocked_in_recv():
+    from lessons.kit import accept_until
+    woke = threading.Event()
+
+    def blocked(listener, stop, log):
+        for conn, _ in accept_until(listener, stop):
+            with conn:
+                conn.recv(1)   # would block forever: the client never sends
+                woke.set()
+
+    with running(blocked) as server, adversary.silent(server.address):
+        time.sleep(0.1)
+        started = time.monotonic()
+        server.stop.set()
+        assert woke.wait(2.0)
+        assert time.monotonic() - started < 1.0
+
+
+def sample_events():
+    """One echo conversation, in a valid per-lane order."""
+    return [
+        Event(SERVER, LISTEN), Event(CLIENT, CONNECT, "c"), Event(CLIENT, SEND, "c", 5),
+        Event(CLIENT, SHUTDOWN, "c"), Event(SERVER, ACCEPT, "c"), Event(SERVER, RECV, "c", 3),
+        Event(SERVER, SEND, "c", 3), Event(SERVER, RECV, "c", 2), Event(SERVER, SEND, "c", 2),
+        Event(CLIENT, RECV, "c", 5), Event(SERVER, EOF, "c"), Event(SERVER, CLOSE, "c"),
+        Event(CLIENT, EOF, "c"), Event(CLIENT, CLOSE, "c"),
+    ]
+
+
+def interleave(events, rng):
+    """Arrival order as two threads might produce it: each lane in order, mixed."""
+    lanes = {CLIENT: [e for e in events if e.side == CLIENT], SERVER: [e for e in events if e.side == SERVER]}
+    out = []
+    while lanes[CLIENT] or lanes[SERVER]:
+        side = rng.choice([s for s in lanes if lanes[s]])
+        out.append(lanes[side].pop(0))
+    return out
+
+
+def test_causal_order_is_the_same_for_every_arrival_order():
+    rng = random.Random(7)
+    expected = causal_order(sample_events())
+    for _ in range(200):
+        assert causal_order(interleave(sample_events(), rng)) == expected
+
+
+def test_causal_order_puts_every_recv_after_the_send_that_fed_it():
+    order = causal_order(sample_events())
+    position = {id(e): i for i, e in enumerate(order)}
+    sent = received = 0
+    for e in order:
+        if e.side == CLIENT and e.kind == SEND:
+            sent += e.nbytes
+        if e.side == SERVER and e.kind == RECV:
+            received += e.nbytes
+            assert received <= sent
+    eof = next(e for e in order if e.side == CLIENT and e.kind == EOF)
+    close = next(e for e in order if e.side == SERVER and e.kind == CLOSE)
+    assert position[id(close)] < position[id(eof)]
+
+
+def test_transcript_render_has_no_ports_or_addresses():
+    from rich.console import Console
+    lesson = __import__("importlib").import_module("lessons.02_echo")
+    with running(lesson.serve) as server:
+        lesson.echo(server.address, b"hello", log=server.log)
+        assert server.log.wait_for_event(SERVER, CLOSE)
+        console = Console(record=True, width=100)
+        console.print(server.log.render())
+        text = console.export_text()
+    assert str(server.port) not in text and "127.0.0.1" not in text
+    assert "recv 5 bytes" in text and "EOF" in text
+
+
+def test_stream_helpers_over_a_dribbled_connection():
+    with adversary.connected_pair() as (ours, theirs):
+        payload = b"\x00\x00\x00\x03abc" + b"\x00\x00\x00\x00"
+        peer = adversary.play(theirs, [bytes([b]) for b in payload] + ["close"], delay=0.002)
+        assert recv_message(ours) == b"abc"
+        assert recv_message(ours) == b""
+        assert recv_message(ours) is None
+        peer.join(2)
+    with adversary.connected_pair() as (ours, theirs):
+        send_message(theirs, b"x" * 100)
+        theirs.shutdown(socket.SHUT_WR)
+        assert recv_exactly(ours, 4) == b"\x00\x00\x00\x64"
+        assert recv_until_eof(ours) == b"x" * 100
+
+
+def test_check_cuts_off_a_learner_loop_that_never_ends():
+    def spins_on_eof(sock, n):
+        data = b""
+        while len(data) < n:       # the classic bug: b'' forever, never checked
+            data += sock.recv(n)
+        return data
+
+    from lessons.exercises import ex02
+    started = time.monotonic()
+    result = check("spins", spins_on_eof, {"closes early": ex02.RECV_EXACTLY["peer closes early"]}, deadline=0.5)
+    assert not result.ok and "no answer within 0.5 s" in result.lines[0][1]
+    assert time.monotonic() - started < 3
+
+
+def test_a_scenario_that_crashes_is_reported_not_raised():
+    @scenario("f()", "42")
+    def broken(fn, guard):
+        raise KeyError("scenario bug")
+
+    outcome = run_scenario(broken, lambda: 42)
+    assert not outcome.ok and "KeyError" in outcome.got
+
+
+def test_errors_are_named_the_same_on_every_os():
+    refused = ConnectionRefusedError(111 if hasattr(socket, "AF_UNIX") else 10061, "refused")
+    text = describe_error(refused)
+    assert text.startswith("ConnectionRefusedError") and "111" not in text
+    assert describe_error(NotImplementedError("TODO")) == "NotImplementedError: TODO"
+
+
+def test_adversaries_against_a_polite_echo():
+    lesson = __import__("importlib").import_module("lessons.02_echo")
+    with running(lesson.serve) as server:
+        assert adversary.half_close(server.address, b"abc") == b"abc"
+        assert adversary.dribble(server.address, b"xyz", delay=0.001) == b"xyz"
+        adversary.reset(server.address, b"gone")
+        with adversary.silent(server.address):
+            pass
+        assert expect_value("echo", b"ok", lambda: lesson.echo(server.address, b"ok")).ok
