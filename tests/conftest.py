@@ -6,6 +6,8 @@ import importlib
 import json
 import os
 import pathlib
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -31,8 +33,10 @@ def notebook_exercise(notebook: str, function: str):
     for cell in nb["cells"]:
         source = "".join(cell["source"])
         if cell["cell_type"] == "code" and f"def {function}(" in source and "TODO" in source:
-            namespace: dict = {}
-            exec(compile(source, f"{notebook}:{function}", "exec"), namespace)
+            # What the notebook imported before this cell; and no inherited
+            # `from __future__` flags, so the stub is compiled as in the notebook.
+            namespace: dict = {"socket": socket, "struct": struct}
+            exec(compile(source, f"{notebook}:{function}", "exec", dont_inherit=True), namespace)
             return namespace[function], source
     raise LookupError(f"no exercise cell defining {function}() in {notebook}")
 
