@@ -61,3 +61,49 @@ def recv_message(sock: socket.socket, max_size: int = MAX_MESSAGE):
     if length > max_size:
         raise ValueError(f"length prefix says {length:,} bytes, over the {max_size:,}-byte limit")
     return recv_exactly(sock, length)
+
+
+class LineTooLong(ValueError):
+    """A peer sent more than the limit without ending its line."""
+
+
+class LineBuffer:
+    """Split a byte stream into lines, however it was cut up on the way.
+
+    ``feed()`` takes whatever recv() returned and gives back the complete lines
+    in it, without their ``\\n`` (or ``\\r\\n``); the rest waits for the next
+    feed. A line longer than ``limit`` bytes raises LineTooLong, so a peer that
+    never sends a newline cannot make us buffer without end. It works the same
+    for a blocking reader and for a selector loop (lesson 05).
+    """
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if len(line.removesuffix(b"\r")) > self.limit:
+                raise LineTooLong(f"line of {len(line):,} bytes is over the {self.limit:,}-byte limit")
+        if len(self._pending) > self.limit + 1:  # +1: room for a '\r' still to be followed by '\n'
+            raise LineTooLong(f"over {self.limit:,} bytes without a newline")
+        return [line.removesuffix(b"\r") for line in lines]
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes after the last newline: an unfinished line."""
+        return self._pending
+
+
+def read_lines(sock: socket.socket, limit: int = 4096):
+    """Yield each line from sock until EOF (a last line without \\n included)."""
+    buffer = LineBuffer(limit)
+    while True:
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            if buffer.pending:
+                yield buffer.pending.removesuffix(b"\r")
+            return
+        yield from buffer.feed(data)
