@@ -47,7 +47,8 @@ from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Transcrip
 TITLE = "Chat room with threads"
 MAX_LINE = 4096       # bytes in one line, without its newline
 MAX_NAME = 32         # characters in a name
-OUTBOX_LIMIT = 1024   # lines queued for one client before we call it too slow
+OUTBOX_LIMIT = 1 << 20  # bytes queued for one client, beyond what its socket buffers hold,
+                        # before we call it too slow
 MAX_CLIENTS = 500     # one thread pair each: refuse more than the machine should carry
 GREETING = "* welcome to the chat room; what is your name?"
 
@@ -114,36 +115,45 @@ def name_problem(name: str) -> str | None:
 # --- The room: shared state, guarded by one lock. ---
 
 class Outbox:
-    """Lines waiting to be written to one client. Bounded, and put() never blocks."""
+    """Bytes waiting to be written to one client. Bounded, and put() never blocks."""
 
     def __init__(self, limit: int = OUTBOX_LIMIT):
         self._lines: collections.deque[bytes] = collections.deque()
+        self._size = 0
         self._limit = limit
         self._ready = threading.Condition()
         self._closed = False
 
     def put(self, line: str) -> bool:
         """Queue a line; False if the outbox is full (the client is too slow)."""
+        data = line.encode("utf-8") + b"\n"
         with self._ready:
             if self._closed:
                 return True
-            if len(self._lines) >= self._limit:
+            if self._size + len(data) > self._limit:
                 return False
-            self._lines.append(line.encode("utf-8") + b"\n")
+            self._lines.append(data)
+            self._size += len(data)
             self._ready.notify()
             return True
 
-    def get(self) -> bytes | None:
-        """The next line to write, or None once closed and drained."""
+    def take_all(self) -> bytes | None:
+        """Everything queued, as one write (b'' never); None once closed and drained."""
         with self._ready:
             self._ready.wait_for(lambda: self._lines or self._closed)
-            return self._lines.popleft() if self._lines else None
+            if not self._lines:
+                return None
+            data = b"".join(self._lines)
+            self._lines.clear()
+            self._size = 0
+            return data
 
     def close(self, drop: bool = False) -> None:
         with self._ready:
             self._closed = True
             if drop:
                 self._lines.clear()
+                self._size = 0
             self._ready.notify()
 
 
@@ -194,17 +204,18 @@ class Room:
                 if member is not sender and not member.outbox.put(line):
                     too_slow.append(member)
         for member in too_slow:   # outside the lock: leave() takes it again
+            self.leave(member, "left (too slow to keep up)")   # first, so this is the notice
             member.outbox.close(drop=True)
             with contextlib.suppress(OSError):
                 member.conn.shutdown(socket.SHUT_RDWR)   # wakes its reader and writer
-            self.leave(member, "left (too slow to keep up)")
 
 
 # --- One client: a reader (this thread) and a writer. ---
 
 def write_lines(conn: socket.socket, outbox: Outbox) -> None:
     try:
-        while (data := outbox.get()) is not None:
+        # Take everything queued at once: one sendall for many lines, not one each.
+        while (data := outbox.take_all()) is not None:
             conn.sendall(data)
     except OSError:
         outbox.close(drop=True)   # the client is gone; the reader will notice too

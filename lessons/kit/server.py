@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -39,7 +38,10 @@ class Stopper:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._conns: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        # Strong references, so that a connection a buggy server dropped without
+        # closing is still closed at stop (instead of leaking until garbage collection).
+        self._conns: set[socket.socket] = set()
+        self._prune_at = 64
         self._lock = threading.Lock()
 
     def is_set(self) -> bool:
@@ -50,6 +52,9 @@ class Stopper:
 
     def track(self, conn: socket.socket) -> socket.socket:
         with self._lock:
+            if len(self._conns) >= self._prune_at:   # forget the ones already closed
+                self._conns = {c for c in self._conns if c.fileno() != -1}
+                self._prune_at = max(64, 2 * len(self._conns))
             self._conns.add(conn)
         if self._event.is_set():  # stopped while we were accepting it
             _shutdown_quietly(conn)
