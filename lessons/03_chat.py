@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import queue
 import re
 import socket
 import sys
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 
@@ -55,18 +57,21 @@ GREETING = "* welcome to the chat room; what is your name?"
 
 # --- The original tutorial's server, kept to be broken in the notebook. ---
 
+def naive_broadcast(clients: list, message: bytes, sender) -> None:
+    """The tutorial's broadcast. Fixed below in Room.broadcast()."""
+    for client in clients:                      # BUG: other threads add and remove meanwhile
+        if client is not sender:
+            try:
+                client.send(message)            # BUG: blocks while this client isn't reading,
+            except:                             #      stalling the sender; partial sends ignored
+                client.close()
+                clients.remove(client)          # BUG: removing while iterating skips a client
+
+
 def naive_chat_server(listener, stop, log):
     """The tutorial's chat server. Fixed below by Room, Outbox and handle()."""
     clients = []                                # BUG: shared by every thread, no lock
-
-    def broadcast(message, sender):
-        for client in clients:                  # BUG: other threads add and remove meanwhile
-            if client is not sender:
-                try:
-                    client.send(message)        # BUG: blocks while this client isn't reading,
-                except:                         #      stalling the sender; partial sends ignored
-                    client.close()
-                    clients.remove(client)      # BUG: removing while iterating skips a client
+    broadcast = functools.partial(naive_broadcast, clients)
 
     def handle(conn):
         while not stop.is_set():                # (only the stop check is ours)
@@ -191,6 +196,10 @@ class Room:
         self.log.record(SERVER, NOTE, detail=f"{member.name} {how}")
         self.broadcast(f"* {member.name} {how}")
 
+    def find(self, name: str) -> Member | None:
+        with self._lock:
+            return self._members.get(name.casefold())
+
     def who(self) -> str:
         with self._lock:
             names = sorted((m.name for m in self._members.values()), key=str.casefold)
@@ -221,7 +230,7 @@ def write_lines(conn: socket.socket, outbox: Outbox) -> None:
         outbox.close(drop=True)   # the client is gone; the reader will notice too
 
 
-def handle(conn: socket.socket, room: Room, log: Transcript, who: str) -> None:
+def handle(conn: socket.socket, room: Room, log: Transcript, who: str, commands=None) -> None:
     outbox = Outbox()
     writer = threading.Thread(target=write_lines, args=(conn, outbox), name=f"{who}-writer", daemon=True)
     writer.start()
@@ -242,7 +251,12 @@ def handle(conn: socket.socket, room: Room, log: Transcript, who: str) -> None:
                 if command == "/quit":
                     outbox.put("* bye")
                     break
-                outbox.put(room.who() if command == "/who" else "! unknown command")
+                elif command == "/who":
+                    outbox.put(room.who())
+                elif command in (commands or {}):   # commands added on top (the exercises)
+                    outbox.put(run_command(commands[command], room, member, text, log, who))
+                else:
+                    outbox.put("! unknown command")
             elif text.strip():
                 room.broadcast(f"{member.name}: {text}", sender=member)
     except LineTooLong:
@@ -262,7 +276,21 @@ def handle(conn: socket.socket, room: Room, log: Transcript, who: str) -> None:
         log.record(SERVER, CLOSE, who)
 
 
-def serve(listener: socket.socket, stop, log: Transcript) -> None:
+def run_command(command, room: Room, member: Member, text: str, log: Transcript, who: str) -> str:
+    """Run an added command; a bug in it costs that command, not the connection."""
+    try:
+        return command(room, member, text)
+    except Exception as exc:
+        log.record(SERVER, ERROR, who, detail=f"{text.split()[0]}: {type(exc).__name__}")
+        return f"! {text.split()[0]} failed on the server ({type(exc).__name__})"
+
+
+def make_serve(commands: dict | None = None):
+    """The room's serve() function, with extra /commands: name → f(room, member, line) → reply."""
+    return functools.partial(serve, commands=commands)
+
+
+def serve(listener: socket.socket, stop, log: Transcript, commands: dict | None = None) -> None:
     room = Room(log)
     threads: list[threading.Thread] = []
     for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
@@ -273,7 +301,7 @@ def serve(listener: socket.socket, stop, log: Transcript) -> None:
                 conn.sendall(b"! the room is full; try later\n")
             continue
         log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=handle, args=(conn, room, log, who), name=who, daemon=True)
+        thread = threading.Thread(target=handle, args=(conn, room, log, who, commands), name=who, daemon=True)
         thread.start()
         threads.append(thread)
     for thread in threads:   # stopping shut every connection down, so each ends soon
@@ -341,6 +369,48 @@ class ChatClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --- An experiment for the notebook and the tests: one client stops reading. ---
+
+def talk_past_a_sleeper(address, messages: int = 4000, size: int = 4000) -> dict:
+    """'sleepy' joins and never reads; 'talker' sends; 'listener' counts what arrives.
+
+    Raw sockets, so it runs against the tutorial's server too (which has no names:
+    there, the name lines are just more messages).
+    """
+    body = b"p" * size
+    received, notices = [], []
+
+    def listen(sock):
+        with contextlib.suppress(OSError):
+            for raw in read_lines(sock, size * 2):
+                if raw.endswith(body):
+                    received.append(raw)
+                elif raw.startswith(b"* sleepy"):
+                    notices.append(raw.decode())
+
+    with contextlib.ExitStack() as stack:
+        sleepy, talker, listener = (stack.enter_context(socket.create_connection(address[:2], timeout=5))
+                                    for _ in range(3))
+        for sock, name in ((sleepy, b"sleepy\n"), (talker, b"talker\n"), (listener, b"listener\n")):
+            sock.sendall(name)
+        listener.settimeout(1.0)   # the listener stops after 1 s of silence
+        reader = threading.Thread(target=listen, args=(listener,), daemon=True)
+        reader.start()
+        time.sleep(0.2)
+        talker.settimeout(2.0)
+        sent, blocked = 0, False
+        try:
+            for _ in range(messages):
+                talker.sendall(body + b"\n")
+                sent += 1
+        except socket.timeout:     # the server stopped reading what we send
+            blocked = True
+        reader.join(30)
+    return {"listener got every message": len(received) == sent,
+            "talker was blocked": blocked,
+            "sleepy was dropped": "* sleepy left (too slow to keep up)" in notices}
 
 
 # --- The demo and the command line. ---

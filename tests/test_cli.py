@@ -8,9 +8,11 @@ import sys
 import pytest
 
 from lessons.kit import adversary
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, lesson, run_module
 
-LESSONS = ["01_basics", "02_echo"]
+chat = lesson("03_chat")
+
+LESSONS = ["01_basics", "02_echo", "03_chat"]
 
 
 def test_the_table_of_lessons():
@@ -112,3 +114,44 @@ def test_serve_on_a_port_in_use_fails_clearly():
         result = run_module("lessons.02_echo", "serve", "--port", str(port))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_client_with_piped_stdin():
+    served = Served("03_chat")
+    try:
+        with chat.ChatClient((served.host, served.port), "alice") as alice:
+            result = run_module("lessons.03_chat", "client", "--name", "bob", "--port", str(served.port),
+                                input="hi alice\n/who\n/quit\n")
+            assert result.returncode == 0, result.stderr
+            assert alice.expect("bob: hi alice")[0] == "* bob joined"
+            assert alice.next_line() == "* bob left"
+        lines = result.stdout.splitlines()
+        assert "you: hi alice" in lines
+        assert "* online: alice, bob" in lines
+        assert lines[-1] == "* bye"
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_chat_client_with_a_taken_name_exits_nonzero():
+    served = Served("03_chat")
+    try:
+        with chat.ChatClient((served.host, served.port), "alice"):
+            result = run_module("lessons.03_chat", "client", "--name", "Alice", "--port", str(served.port),
+                                input="hello\n")
+        assert result.returncode == 1
+        assert "that name is taken" in result.stdout and "Traceback" not in result.stderr
+    finally:
+        served.stop()
+
+
+def test_chat_client_stdin_ending_without_quit_leaves_cleanly():
+    served = Served("03_chat")
+    try:
+        result = run_module("lessons.03_chat", "client", "--name", "carol", "--port", str(served.port),
+                            input="just one line\n", timeout=15)
+        assert result.returncode == 0, result.stderr
+    finally:
+        code, err = served.stop()
+    assert code == 0

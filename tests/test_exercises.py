@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from lessons.exercises import ex01, ex02
-from tests.conftest import notebook_exercise, solution
+from lessons.exercises import ex01, ex02, ex03
+from tests.conftest import lesson, notebook_exercise, solution
 
 EXERCISES = [
     # notebook, function, check, the tutorial's naive version
@@ -15,6 +15,8 @@ EXERCISES = [
     ("01_basics.ipynb", "make_listener", ex01.check_make_listener, ex01.naive_make_listener),
     ("02_echo.ipynb", "recv_exactly", ex02.check_recv_exactly, ex02.naive_recv_exactly),
     ("02_echo.ipynb", "recv_message", ex02.check_recv_message, ex02.naive_recv_message),
+    ("03_chat.ipynb", "private_message", ex03.check_private_message, ex03.naive_private_message),
+    ("03_chat.ipynb", "broadcast", ex03.check_broadcast, lesson("03_chat").naive_broadcast),
 ]
 IDS = [e[1] for e in EXERCISES]
 

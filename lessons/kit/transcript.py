@@ -172,11 +172,14 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
 
 def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60):
     from rich.table import Table
+    from rich.text import Text
 
+    # A lane nobody recorded in (a server-only view, say) is left out.
+    lanes = [side for side in (CLIENT, SERVER) if any(e.side == side for e in events)] or [CLIENT, SERVER]
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("#", justify="right", style="dim")
-    table.add_column("client", style="cyan")
-    table.add_column("server", style="magenta")
+    for side in lanes:
+        table.add_column(side, style="cyan" if side == CLIENT else "magenta")
     shown = events if len(events) <= max_rows else events[: max_rows - 1]
     # Name the connection on each row only when there is more than one to tell apart.
     several = len({e.conn for e in events if e.conn}) > 1
@@ -184,9 +187,10 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
         text = e.describe()
         if several and e.conn and e.kind != ACCEPT:
             text = f"[{e.conn}] {text}"
-        style = "bold red" if e.kind == ERROR else None
-        cells = (text, "") if e.side == CLIENT else ("", text)
-        table.add_row(str(i), *cells, style=style)
+        style = "bold red" if e.kind == ERROR else ""
+        # Text(), not a str: "[client 2]" must not be read as rich markup.
+        cells = [Text(text, style=style) if side == e.side else Text("") for side in lanes]
+        table.add_row(str(i), *cells)
     if len(events) > len(shown):
-        table.add_row("…", f"{len(events) - len(shown):,} more events", "")
+        table.add_row("…", f"{len(events) - len(shown):,} more events", *[""] * (len(lanes) - 1))
     return table

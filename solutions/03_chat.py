@@ -1,0 +1,39 @@
+"""Answers to lesson 03's exercises."""
+from __future__ import annotations
+
+
+def private_message(room, sender, line: str) -> str:
+    """Handle "/msg NAME TEXT": deliver "SENDER (private): TEXT" to NAME only.
+
+    Return the line to send back to the sender: "* sent to NAME" on success,
+    "! no such user: NAME" if nobody by that name is here, and
+    "! usage: /msg NAME TEXT" if the line has no name or no text.
+    """
+    parts = line.split(maxsplit=2)          # "/msg", NAME, and the rest, spaces kept
+    if len(parts) < 3:
+        return "! usage: /msg NAME TEXT"
+    _, name, text = parts
+    target = room.find(name)                # looks up under the room's lock
+    if target is None:
+        return f"! no such user: {name}"
+    # The key step: put the line in the target's outbox only. Its writer thread
+    # sends it, so we never block on the target, just as a broadcast doesn't.
+    if not target.outbox.put(f"{sender.name} (private): {text}"):
+        return f"! {target.name} is not keeping up; message not sent"
+    return f"* sent to {target.name}"
+
+
+def broadcast(clients: list, message: bytes, sender) -> None:
+    """Send message to every socket in clients except sender.
+
+    A client whose socket fails (it reset or vanished) is closed and removed
+    from clients; every other client still gets the whole message.
+    """
+    for client in list(clients):            # iterate over a copy: we may remove from the list
+        if client is sender:
+            continue
+        try:
+            client.sendall(message)         # sendall: send() may take only part
+        except OSError:                     # only network errors; a bug should still show
+            client.close()
+            clients.remove(client)
