@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 
 from .server import JOIN_TIMEOUT, Stopper, listen
-from .transcript import Event, Transcript
+from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9999
 
@@ -76,7 +76,9 @@ def serve_forever(serve: Callable, host: str, port: int, name: str) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    log = Transcript(maxlen=1000, live=_log_live)
+    # In the foreground, log who comes and goes, not every recv and send: printing
+    # each one would slow a busy server down to the speed of the terminal.
+    log = Transcript(maxlen=1000, live=_log_live, kinds={ACCEPT, CLOSE, ERROR, NOTE})
     bound = listener.getsockname()
     print(f"listening on {_format_address(bound)}", flush=True)
     # The server runs in a worker thread so that the main thread is free to take
@@ -128,8 +130,14 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
                demo: Callable[[], int], serve: Callable,
                add_client_args: Callable[[argparse.ArgumentParser], None],
                client: Callable[[argparse.Namespace], int],
-               port: int = DEFAULT_PORT) -> int:
-    """Parse the shared command line and run demo, serve or client."""
+               port: int = DEFAULT_PORT,
+               add_serve_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+               serve_from_args: Optional[Callable[[argparse.Namespace], Callable]] = None) -> int:
+    """Parse the shared command line and run demo, serve or client.
+
+    A lesson whose server takes options adds them with ``add_serve_args`` and
+    builds its serve function from them with ``serve_from_args``.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}",
                                      description=doc.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,6 +146,8 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     commands.add_parser("demo", help="run a self-contained demonstration (the default)")
     serve_parser = commands.add_parser("serve", help="run the server in the foreground")
     add_address_args(serve_parser, port)
+    if add_serve_args:
+        add_serve_args(serve_parser)
     client_parser = commands.add_parser("client", help="talk to a running server")
     add_address_args(client_parser, port)
     add_client_args(client_parser)
@@ -146,7 +156,7 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     if args.command in (None, "demo"):
         return demo()
     if args.command == "serve":
-        return serve_forever(serve, args.host, args.port, name)
+        return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name)
     try:
         return client(args)
     except ConnectionRefusedError:

@@ -180,3 +180,22 @@ def running(serve: Callable[[socket.socket, Stopper, Transcript], None],
             raise RuntimeError(f"{name} thread did not stop within {JOIN_TIMEOUT:g} s")
     if errors:
         raise errors[0]
+
+
+def raise_fd_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft limit on open files towards ``wanted`` (never past
+    the hard limit); return (old, new). Every socket is an open file, so a
+    server for thousands of clients needs more than the usual 1024 (256 on macOS)."""
+    try:
+        import resource
+    except ImportError:   # Windows: no such limit to raise
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return (soft, target)
+        except (ValueError, OSError):
+            pass
+    return (soft, soft)

@@ -33,6 +33,7 @@ CLIENT, SERVER = "client", "server"
 LISTEN, CONNECT, ACCEPT = "listen", "connect", "accept"
 SEND, RECV, EOF = "send", "recv", "eof"
 SHUTDOWN, CLOSE, ERROR, NOTE = "shutdown", "close", "error", "note"
+READY = "ready"   # a wake-up of an event loop; detail lists what was ready (lessons 04, 05)
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,17 @@ class Event:
 class Transcript:
     """Events from both sides, appended under a lock, capped in length."""
 
-    def __init__(self, maxlen: int = 100_000, live: Optional[Callable[[Event], None]] = None):
+    def __init__(self, maxlen: int = 100_000, live: Optional[Callable[[Event], None]] = None,
+                 kinds: Optional[set] = None):
         self._events: collections.deque[Event] = collections.deque(maxlen=maxlen)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._live = live  # serve mode: show each event as it happens
+        self._live = live    # serve mode: show each event as it happens
+        self._kinds = kinds  # keep only these kinds (None: all); drops the rest cheaply
 
-    def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Event:
+    def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
+        if self._kinds is not None and kind not in self._kinds:
+            return None
         event = Event(side, kind, conn, nbytes, detail)
         with self._changed:
             self._events.append(event)
@@ -91,6 +96,10 @@ class Transcript:
     def clear(self) -> None:
         with self._lock:
             self._events.clear()
+
+    def timeline(self, title: str = "readiness timeline", max_rows: int = 40):
+        """A rich Table with one row per event-loop wake-up: what was ready, what was done."""
+        return render_timeline(self.events(SERVER), title=title, max_rows=max_rows)
 
     def ordered(self) -> list[Event]:
         return causal_order(self.events())
@@ -193,4 +202,27 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
         table.add_row(str(i), *cells)
     if len(events) > len(shown):
         table.add_row("…", f"{len(events) - len(shown):,} more events", *[""] * (len(lanes) - 1))
+    return table
+
+
+def render_timeline(events: list[Event], title: str = "readiness timeline", max_rows: int = 40):
+    """Group a server's events under the READY event that woke the loop before them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rows: list[tuple[str, list[str]]] = []
+    for e in events:
+        if e.kind == READY:
+            rows.append((e.detail, []))
+        elif rows and e.kind != LISTEN:
+            who = f"{e.conn}: " if e.conn and e.kind != ACCEPT else ""
+            rows[-1][1].append(who + e.describe())
+    table = Table(title=title, title_justify="left")
+    table.add_column("wake-up", justify="right", style="dim")
+    table.add_column("ready", style="cyan")
+    table.add_column("what the loop did", style="magenta")
+    for i, (ready, done) in enumerate(rows[:max_rows], 1):
+        table.add_row(str(i), Text(ready), Text("\n".join(done) or "(nothing)"))
+    if len(rows) > max_rows:
+        table.add_row("…", f"{len(rows) - max_rows:,} more wake-ups", "")
     return table

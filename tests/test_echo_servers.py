@@ -1,0 +1,90 @@
+"""Every echo server in the workbook keeps lesson 02's contract, against polite and hostile clients.
+
+Lesson 02's iterative server, lesson 04's polling loop, lesson 05's select()
+server and its selectors server on every backend this platform has.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+
+import pytest
+
+from lessons.kit import adversary, running
+from tests.conftest import lesson
+
+echo = lesson("02_echo")
+polling = lesson("04_nonblocking")
+multiplexed = lesson("05_select")
+
+SERVERS = {
+    "02 iterative": echo.serve,
+    "04 polling": polling.serve,
+    "05 select()": multiplexed.serve_select,
+    **{f"05 selectors/{name}": multiplexed.make_serve(name) for name in multiplexed.SELECTORS},
+}
+CONCURRENT = {name: serve for name, serve in SERVERS.items() if name != "02 iterative"}
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=list(SERVERS), ids=list(SERVERS))
+def server(request):
+    with running(SERVERS[request.param]) as srv:
+        yield srv
+
+
+@pytest.fixture(params=list(CONCURRENT), ids=list(CONCURRENT))
+def concurrent_server(request):
+    with running(CONCURRENT[request.param]) as srv:
+        yield srv
+
+
+def test_round_trip_empty_and_binary(server):
+    assert echo.echo(server.address, b"hello") == b"hello"
+    assert echo.echo(server.address, b"") == b""
+    assert echo.echo(server.address, bytes(range(256)) * 3) == bytes(range(256)) * 3
+
+
+def test_ten_mebibytes(server):
+    assert adversary.flood(server.address, 10 * MIB, timeout=20) == adversary.flood_pattern(10 * MIB)
+
+
+def test_one_byte_at_a_time(server):
+    assert adversary.dribble(server.address, b"drip, drip", delay=0.003) == b"drip, drip"
+
+
+def test_resets_do_not_stop_the_server(server):
+    adversary.reset(server.address)
+    adversary.reset(server.address, b"half a message")
+    assert echo.echo(server.address, b"still serving") == b"still serving"
+    assert server.errors == []
+
+
+def test_a_hundred_clients_in_a_row(server):
+    for i in range(100):
+        assert echo.echo(server.address, b"n%d" % i) == b"n%d" % i
+
+
+def test_two_hundred_concurrent_clients_each_echo_a_mebibyte(concurrent_server):
+    expected = adversary.flood_pattern(MIB)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        replies = list(pool.map(lambda _: adversary.flood(concurrent_server.address, MIB, timeout=30), range(200)))
+    assert all(reply == expected for reply in replies)
+    assert concurrent_server.errors == []
+
+
+def test_a_silent_client_does_not_hold_up_the_others(concurrent_server):
+    with adversary.silent(concurrent_server.address), adversary.silent(concurrent_server.address):
+        assert echo.echo(concurrent_server.address, b"not blocked", timeout=2) == b"not blocked"
+
+
+def test_a_client_that_never_reads_does_not_hold_up_the_others(concurrent_server):
+    with socket.create_connection(concurrent_server.address, timeout=5) as hog:
+        hog.setblocking(False)
+        sent = 0
+        try:
+            while sent < 64 * MIB:    # its echo backs up; the server must stop reading it
+                sent += hog.send(b"h" * MIB)
+        except BlockingIOError:
+            pass
+        assert echo.echo(concurrent_server.address, b"still answered", timeout=2) == b"still answered"
