@@ -321,10 +321,14 @@ class ChatClient:
         self.closed = threading.Event()
         self._reader = threading.Thread(target=self._read, name="chat-client-reader", daemon=True)
         self._reader.start()
-        self.greeting = self.next_line()  # ...and every wait here has a timeout
-        if name is not None:
-            self.say(name)
-            self.welcome = self.next_line()
+        try:
+            self.greeting = self.next_line()  # ...and every wait here has a timeout
+            if name is not None:
+                self.say(name)
+                self.welcome = self.next_line()
+        except BaseException:
+            self.close()                      # a failed join leaves no socket or thread behind
+            raise
 
     def _read(self) -> None:
         try:

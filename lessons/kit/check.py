@@ -75,11 +75,16 @@ def describe(value) -> str:
     """A short, deterministic description of a value or an exception."""
     if isinstance(value, BaseException):
         return f"raised {describe_error(value)}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     text = repr(value)
     if len(text) <= 60:
         return text
-    size = f" ({len(value):,} long)" if hasattr(value, "__len__") else ""
-    return text[:45] + "…" + size
+    if isinstance(value, (bytes, bytearray)):
+        return f"{text[:30]}… ({len(value):,} bytes)"
+    if isinstance(value, str):
+        return f"{text[:30]}… ({len(value):,} characters)"
+    return text[:57] + "…"
 
 
 def describe_error(exc: BaseException) -> str:
