@@ -12,7 +12,7 @@ from tests.conftest import ROOT, lesson, run_module
 
 chat = lesson("03_chat")
 
-LESSONS = ["01_basics", "02_echo", "03_chat"]
+LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select"]
 
 
 def test_the_table_of_lessons():
@@ -155,3 +155,21 @@ def test_chat_client_stdin_ending_without_quit_leaves_cleanly():
     finally:
         code, err = served.stop()
     assert code == 0
+
+
+@pytest.mark.parametrize("name, extra", [("04_nonblocking", []), ("05_select", []),
+                                         ("05_select", ["--selector", "select"]),
+                                         ("05_select", ["--selector", "poll"])])
+def test_event_loop_servers_from_the_command_line(name, extra):
+    served = Served(name, *extra)
+    try:
+        result = run_module(f"lessons.{name}", "client", "over the loop", "--port", str(served.port))
+        assert result.returncode == 0 and result.stdout == "over the loop\n", result.stderr
+    finally:
+        code, err = served.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err
+
+
+def test_an_unknown_selector_is_refused_clearly():
+    result = run_module("lessons.05_select", "serve", "--selector", "iocp")
+    assert result.returncode == 2 and "invalid choice: 'iocp'" in result.stderr
