@@ -26,6 +26,7 @@ def naive_read_available(sock) -> tuple[bytes, bool]:
 def _nonblocking_pair(guard):
     with connected_pair() as (ours, theirs):
         guard.add(ours)
+        guard.add(theirs)      # cut off the peer's reads too if the learner's code overruns
         ours.setblocking(False)
         yield ours, theirs
 
