@@ -184,7 +184,8 @@ def serve_select(listener: socket.socket, stop, log: Transcript) -> None:
             readable, writable, _ = select.select(want_read, want_write, [], POLL_INTERVAL)
             if not readable and not writable:
                 continue                      # timed out: just a chance to check stop
-            log.record(SERVER, READY, detail=", ".join(
+            if log.wants(READY):
+                log.record(SERVER, READY, detail=", ".join(
                 ready_names(listener, readable, loop, " readable") + ready_names(listener, writable, loop, " writable")))
             for sock in readable:
                 if sock is listener:
@@ -224,10 +225,11 @@ def serve_selectors(listener: socket.socket, stop, log: Transcript, selector: st
         return ((selectors.EVENT_READ if wants_to_read(conn) else 0)
                 | (selectors.EVENT_WRITE if conn.output else 0))
 
+    timeline = log.wants(READY)   # building the detail costs time: only if it is kept
     try:
         while not stop.is_set():
             events = sel.select(timeout=POLL_INTERVAL)
-            if events:
+            if events and timeline:
                 log.record(SERVER, READY, detail=", ".join(
                     ("listener" if key.data is None else key.data.who)
                     + (" readable" if mask & selectors.EVENT_READ else "")

@@ -63,7 +63,7 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def serve_forever(serve: Callable, host: str, port: int, name: str) -> int:
+def serve_forever(serve: Callable, host: str, port: int, name: str, quiet: bool = False) -> int:
     """Run ``serve`` in the foreground until Ctrl-C or SIGTERM."""
     try:
         listener = listen(host, port, family=_family(host))
@@ -78,7 +78,8 @@ def serve_forever(serve: Callable, host: str, port: int, name: str) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     # In the foreground, log who comes and goes, not every recv and send: printing
     # each one would slow a busy server down to the speed of the terminal.
-    log = Transcript(maxlen=1000, live=_log_live, kinds={ACCEPT, CLOSE, ERROR, NOTE})
+    log = Transcript(maxlen=1000, live=None if quiet else _log_live,
+                     kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
     bound = listener.getsockname()
     print(f"listening on {_format_address(bound)}", flush=True)
     # The server runs in a worker thread so that the main thread is free to take
@@ -146,6 +147,8 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     commands.add_parser("demo", help="run a self-contained demonstration (the default)")
     serve_parser = commands.add_parser("serve", help="run the server in the foreground")
     add_address_args(serve_parser, port)
+    serve_parser.add_argument("--quiet", action="store_true",
+                              help="do not log connections to stderr (for benchmarks)")
     if add_serve_args:
         add_serve_args(serve_parser)
     client_parser = commands.add_parser("client", help="talk to a running server")
@@ -156,7 +159,8 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     if args.command in (None, "demo"):
         return demo()
     if args.command == "serve":
-        return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name)
+        return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name,
+                             quiet=args.quiet)
     try:
         return client(args)
     except ConnectionRefusedError:

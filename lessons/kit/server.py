@@ -84,7 +84,7 @@ def _shutdown_quietly(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)
 
 
-def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 128,
+def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = socket.SOMAXCONN,
            family: int = socket.AF_INET) -> socket.socket:
     """A listening TCP socket. SO_REUSEADDR lets a restarted server rebind at
     once, while the old connections sit in TIME_WAIT (lesson 01 shows why)."""

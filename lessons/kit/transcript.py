@@ -70,6 +70,10 @@ class Transcript:
         self._live = live    # serve mode: show each event as it happens
         self._kinds = kinds  # keep only these kinds (None: all); drops the rest cheaply
 
+    def wants(self, kind: str) -> bool:
+        """Whether record(kind) would keep anything: skip building costly details if not."""
+        return self._kinds is None or kind in self._kinds
+
     def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
         if self._kinds is not None and kind not in self._kinds:
             return None
