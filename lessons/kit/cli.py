@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from rich.console import Console
 
-from .server import JOIN_TIMEOUT, Stopper, listen
+from .server import JOIN_TIMEOUT, Stopper, bound_socket
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9999
@@ -34,11 +34,11 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9999
 stderr = Console(stderr=True, highlight=False)
 
 
-def add_address_args(parser: argparse.ArgumentParser, port: int = DEFAULT_PORT) -> None:
+def add_address_args(parser: argparse.ArgumentParser, port: int = DEFAULT_PORT, transport: str = "tcp") -> None:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to use (default %(default)s: this machine only)")
     parser.add_argument("--port", type=port_number, default=port,
-                        help="TCP port, 0 to pick a free one (default %(default)s)")
+                        help=f"{transport.upper()} port, 0 to pick a free one (default %(default)s)")
     parser.add_argument("--timeout", type=positive_seconds, default=5.0,
                         help="seconds to wait on the network before giving up (default %(default)s)")
 
@@ -63,10 +63,11 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def serve_forever(serve: Callable, host: str, port: int, name: str, quiet: bool = False) -> int:
+def serve_forever(serve: Callable, host: str, port: int, name: str, quiet: bool = False,
+                  transport: str = "tcp") -> int:
     """Run ``serve`` in the foreground until Ctrl-C or SIGTERM."""
     try:
-        listener = listen(host, port, family=_family(host))
+        listener = bound_socket(transport, host, port, family=_family(host))
     except OSError as exc:
         stderr.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/]")
         return 1
@@ -133,7 +134,8 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
                client: Callable[[argparse.Namespace], int],
                port: int = DEFAULT_PORT,
                add_serve_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-               serve_from_args: Optional[Callable[[argparse.Namespace], Callable]] = None) -> int:
+               serve_from_args: Optional[Callable[[argparse.Namespace], Callable]] = None,
+               transport: str = "tcp") -> int:
     """Parse the shared command line and run demo, serve or client.
 
     A lesson whose server takes options adds them with ``add_serve_args`` and
@@ -146,13 +148,13 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
     commands.add_parser("demo", help="run a self-contained demonstration (the default)")
     serve_parser = commands.add_parser("serve", help="run the server in the foreground")
-    add_address_args(serve_parser, port)
+    add_address_args(serve_parser, port, transport)
     serve_parser.add_argument("--quiet", action="store_true",
                               help="do not log connections to stderr (for benchmarks)")
     if add_serve_args:
         add_serve_args(serve_parser)
     client_parser = commands.add_parser("client", help="talk to a running server")
-    add_address_args(client_parser, port)
+    add_address_args(client_parser, port, transport)
     add_client_args(client_parser)
     args = parser.parse_args(argv)
 
@@ -160,7 +162,7 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
         return demo()
     if args.command == "serve":
         return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name,
-                             quiet=args.quiet)
+                             quiet=args.quiet, transport=transport)
     try:
         return client(args)
     except ConnectionRefusedError:

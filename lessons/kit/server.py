@@ -100,6 +100,23 @@ def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = socket.SOMAXCO
     return sock
 
 
+def bind_udp(host: str = "127.0.0.1", port: int = 0, family: int = socket.AF_INET) -> socket.socket:
+    """A UDP socket bound to (host, port): a datagram server needs no listen() or accept()."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bound_socket(transport: str, host: str, port: int, family: int = socket.AF_INET) -> socket.socket:
+    if transport == "udp":
+        return bind_udp(host, port, family)
+    return listen(host, port, family=family)
+
+
 def _is_windows() -> bool:
     # On Windows SO_REUSEADDR lets a second server steal a port that is in use,
     # which is not what we want; binding over TIME_WAIT already works there.
@@ -147,14 +164,14 @@ class RunningServer:
 @contextlib.contextmanager
 def running(serve: Callable[[socket.socket, Stopper, Transcript], None],
             host: str = "127.0.0.1", port: int = 0, log: Optional[Transcript] = None,
-            name: str = "server") -> Iterator[RunningServer]:
+            name: str = "server", transport: str = "tcp") -> Iterator[RunningServer]:
     """Run ``serve`` in a daemon thread on a fresh port; stop and join it on exit.
 
     An exception that ends the server thread is kept in ``server.errors`` and
     raised again when the block exits, so a crashed server never goes unnoticed.
     """
     log = log if log is not None else Transcript()
-    listener = listen(host, port)
+    listener = bound_socket(transport, host, port)   # for UDP, the one socket it serves on
     stop = Stopper()
     errors: list = []
 
@@ -166,7 +183,8 @@ def running(serve: Callable[[socket.socket, Stopper, Transcript], None],
 
     thread = threading.Thread(target=target, name=name, daemon=True)
     server = RunningServer(listener.getsockname()[:2], log, stop, thread, errors)
-    log.record(SERVER, LISTEN)
+    if transport == "tcp":
+        log.record(SERVER, LISTEN)
     thread.start()
     try:
         yield server
