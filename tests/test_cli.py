@@ -12,7 +12,7 @@ from tests.conftest import ROOT, lesson, run_module
 
 chat = lesson("03_chat")
 
-LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select"]
+LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select", "06_udp"]
 
 
 def test_the_table_of_lessons():
@@ -173,3 +173,34 @@ def test_event_loop_servers_from_the_command_line(name, extra):
 def test_an_unknown_selector_is_refused_clearly():
     result = run_module("lessons.05_select", "serve", "--selector", "iocp")
     assert result.returncode == 2 and "invalid choice: 'iocp'" in result.stderr
+
+
+def test_udp_serve_with_loss_and_client_with_retries():
+    served = Served("06_udp", "--loss", "0.3", "--seed", "4")
+    try:
+        for word in ("one", "two", "three"):
+            result = run_module("lessons.06_udp", "client", word, "--port", str(served.port),
+                                "--timeout", "0.1", "--retries", "10")
+            assert result.returncode == 0 and result.stdout == word + "\n", result.stderr
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "dropped (simulated loss)" in err and "Traceback" not in err
+
+
+def test_udp_client_with_nobody_answering_exits_nonzero():
+    from lessons.kit.server import bind_udp
+    with bind_udp() as mute:
+        result = run_module("lessons.06_udp", "client", "hi", "--port", str(mute.getsockname()[1]),
+                            "--timeout", "0.05", "--retries", "2")
+    assert result.returncode == 1
+    assert "no reply after 3 tries" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--loss", "1.5"], "must be at least 0 and less than 1"),
+    (["serve", "--loss", "lots"], "not a fraction"),
+    (["client", "hi", "--retries", "99"], "invalid choice"),
+])
+def test_udp_bad_arguments(args, message):
+    result = run_module("lessons.06_udp", *args)
+    assert result.returncode == 2 and message in result.stderr

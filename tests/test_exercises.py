@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from lessons.exercises import ex01, ex02, ex03, ex04, ex05
+from lessons.exercises import ex01, ex02, ex03, ex04, ex05, ex06
 from tests.conftest import lesson, notebook_exercise, solution
 
 EXERCISES = [
@@ -20,6 +20,7 @@ EXERCISES = [
     ("04_nonblocking.ipynb", "flush", ex04.check_flush, ex04.naive_flush),
     ("04_nonblocking.ipynb", "read_available", ex04.check_read_available, ex04.naive_read_available),
     ("05_select.ipynb", "SelectorChat", ex05.check_selector_chat, ex05.NaiveSelectorChat),
+    ("06_udp.ipynb", "reliable_request", ex06.check_reliable_request, ex06.naive_reliable_request),
 ]
 IDS = [e[1] for e in EXERCISES]
 
