@@ -28,16 +28,15 @@ import tempfile
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lessons.kit.loadgen import run_load          # noqa: E402
+from lessons.kit.processes import ServerProcess, machine  # noqa: E402
 from lessons.kit.server import raise_fd_limit     # noqa: E402
 
 SERVERS = {
@@ -51,53 +50,11 @@ PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, module_args):
-        self.proc = subprocess.Popen([sys.executable, "-m", *module_args, "--port", "0"], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        super().__init__(["-m", *module_args])
         if PIN:
             os.sched_setaffinity(self.proc.pid, {SERVER_CPU})
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"{module_args} did not start: {line!r}")
-        self.address = ("127.0.0.1", int(line.rsplit(":", 1)[1]))
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the server process has used (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
-
-    def rss_kib(self) -> int:
-        try:
-            for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-            "os": f"{platform.system()} {platform.release()}", "cpu": cpu, "cores": os.cpu_count()}
 
 
 def build_c_loadgen() -> str | None:
@@ -183,6 +140,7 @@ def main() -> int:
     old, new = raise_fd_limit(2 * 10_000 + 1024)
     rounds, seconds, connections = (1, 1.0, 500) if args.quick else (5, 3.0, 10_000)
     info = machine()
+    info["date"] = datetime.date.today().isoformat()
     print(f"machine: {info}")
     if new > old:
         print(f"raised the load generator's open-file limit from {old} to {new}")

@@ -24,8 +24,7 @@ import socket
 
 from lessons.kit.cli import main_guard, run_lesson
 from lessons.kit.server import accept_until, listen
-from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, NOTE,
-                                    RECV, SEND, SERVER, Transcript)
+from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, RECV, SEND, SERVER, Transcript)
 
 TITLE = "Socket anatomy"
 GREETING = b"hello from the lesson 01 server\n"

@@ -1,7 +1,8 @@
 """Every echo server in the workbook keeps lesson 02's contract, against polite and hostile clients.
 
-Lesson 02's iterative server, lesson 04's polling loop, lesson 05's select()
-server and its selectors server on every backend this platform has.
+Lesson 02's iterative server, lesson 07's thread per client, lesson 04's
+polling loop, lesson 05's select() server and its selectors server on every
+backend this platform has.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from tests.conftest import lesson
 echo = lesson("02_echo")
 polling = lesson("04_nonblocking")
 multiplexed = lesson("05_select")
+scaling = lesson("07_scaling")
 
 SERVERS = {
     "02 iterative": echo.serve,
+    "07 thread per client": scaling.serve,
     "04 polling": polling.serve,
     "05 select()": multiplexed.serve_select,
     **{f"05 selectors/{name}": multiplexed.make_serve(name) for name in multiplexed.SELECTORS},

@@ -1,7 +1,6 @@
 """Every exercise check fails on the notebook's stub and on the tutorial's code, and passes on the answer."""
 from __future__ import annotations
 
-import ast
 import inspect
 
 import pytest

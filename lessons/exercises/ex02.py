@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from lessons.kit.adversary import connected_pair, play
-from lessons.kit.check import Outcome, check, describe, expect_error, expect_value, scenario
+from lessons.kit.check import check, describe, expect_error, expect_value, scenario
 
 HEADER = struct.Struct("!I")
 

@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 from .stream import recv_until_eof
 

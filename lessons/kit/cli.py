@@ -135,7 +135,8 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
                port: int = DEFAULT_PORT,
                add_serve_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
                serve_from_args: Optional[Callable[[argparse.Namespace], Callable]] = None,
-               transport: str = "tcp") -> int:
+               transport: str = "tcp",
+               add_demo_args: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> int:
     """Parse the shared command line and run demo, serve or client.
 
     A lesson whose server takes options adds them with ``add_serve_args`` and
@@ -146,7 +147,10 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="With no command, runs the demo.")
     commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
-    commands.add_parser("demo", help="run a self-contained demonstration (the default)")
+    demo_parser = commands.add_parser("demo", help="run a self-contained demonstration (the default)")
+    if add_demo_args:   # a demo with options takes them with or without the word "demo"
+        add_demo_args(parser)
+        add_demo_args(demo_parser)
     serve_parser = commands.add_parser("serve", help="run the server in the foreground")
     add_address_args(serve_parser, port, transport)
     serve_parser.add_argument("--quiet", action="store_true",
@@ -159,7 +163,7 @@ def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
     args = parser.parse_args(argv)
 
     if args.command in (None, "demo"):
-        return demo()
+        return demo(args) if add_demo_args else demo()
     if args.command == "serve":
         return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name,
                              quiet=args.quiet, transport=transport)

@@ -36,6 +36,7 @@ class LoadResult:
     seconds: float = 0.0
     latencies: list = field(default_factory=list, repr=False)
     failure: str = ""           # why the run could not go on, if it could not
+    answered: int = 0           # connections that got at least one reply
 
     @property
     def requests_per_second(self) -> float:
@@ -162,6 +163,8 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 finished = time.perf_counter()
                 if bytes(conn.received) != conn.message:
                     result.wrong_replies += 1
+                if conn.seq == 0:
+                    result.answered += 1
                 result.requests += 1
                 if len(result.latencies) < MAX_LATENCIES:
                     result.latencies.append(finished - conn.started)
