@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -70,15 +69,17 @@ def serve(listener: socket.socket, stop, log: Transcript, nap: float = 0.001,
         while not stop.is_set():
             counters.passes += 1
             done: list[tuple] = []   # what this pass achieved: (kind, who, nbytes, detail)
-            try:
-                sock, _ = listener.accept()
+            while True:   # take every client that is waiting, not one per pass
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    counters.would_block += 1
+                    break
                 sock.setblocking(False)   # accepted sockets do NOT inherit non-blocking mode
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 accepted += 1
                 connections.append(Connection(sock, f"client {accepted}"))
                 done.append((ACCEPT, f"client {accepted}", 0, ""))
-            except BlockingIOError:
-                counters.would_block += 1
             for conn in list(connections):
                 try:
                     step(conn, done, counters)
@@ -224,16 +225,10 @@ def demo() -> int:
     return 0 if ok else 1
 
 
-def client(args) -> int:
-    reply = echo.echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
-    sys.stdout.write(reply.decode(errors="replace") + "\n")
-    return 0
-
-
 def main(argv=None) -> int:
     return run_lesson(argv, doc=__doc__, name="04_nonblocking", demo=demo, serve=serve,
-                      add_client_args=lambda p: p.add_argument("message", help="text to send"),
-                      client=client, port=9904)
+                      add_client_args=echo.add_client_args,
+                      client=echo.client, port=9904)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import importlib
 import selectors
 import select
 import socket
-import sys
 
 from lessons.kit.cli import main_guard, run_lesson
 from lessons.kit.server import POLL_INTERVAL, raise_fd_limit
@@ -298,12 +297,6 @@ def demo() -> int:
     return 0 if ok and good else 1
 
 
-def client(args) -> int:
-    reply = echo.echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
-    sys.stdout.write(reply.decode(errors="replace") + "\n")
-    return 0
-
-
 def add_serve_args(parser) -> None:
     parser.add_argument("--selector", choices=list(SELECTORS), default="default",
                         help="how to wait for readiness (only what this platform has is offered)")
@@ -321,8 +314,8 @@ def serve_from_args(args):
 
 def main(argv=None) -> int:
     return run_lesson(argv, doc=__doc__, name="05_select", demo=demo, serve=serve,
-                      add_client_args=lambda p: p.add_argument("message", help="text to send"),
-                      client=client, port=9905, add_serve_args=add_serve_args,
+                      add_client_args=echo.add_client_args,
+                      client=echo.client, port=9905, add_serve_args=add_serve_args,
                       serve_from_args=serve_from_args)
 
 

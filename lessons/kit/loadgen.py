@@ -64,12 +64,12 @@ def require_loopback(host: str) -> None:
 
 
 class _Conn:
-    __slots__ = ("sock", "number", "seq", "message", "sent", "received", "started", "done")
+    __slots__ = ("sock", "number", "seq", "message", "sent", "received", "started")
 
     def __init__(self, sock, number):
         self.sock, self.number = sock, number
         self.seq, self.message, self.sent, self.received = 0, b"", 0, bytearray()
-        self.started, self.done = 0.0, False
+        self.started = 0.0
 
 
 def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
@@ -127,11 +127,17 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
         for conn in conns:   # (connected sockets were unregistered by _finish_connects)
             _next_message(conn, filler, size)
             sel.register(conn.sock, _send_some(conn, size), conn)
-        active = len(conns)
+        active = set(conns)
+
+        def retire(conn: _Conn, failed: bool = False) -> None:
+            if failed:
+                result.errors += 1   # reset, or closed by the server mid-exchange
+            sel.unregister(conn.sock)
+            active.discard(conn)
+
         last_report = start
         while active:
-            now = time.perf_counter()
-            if now > stop_at + stall_timeout:   # a server that stopped answering: give up on the rest
+            if time.perf_counter() > stop_at + stall_timeout:   # a server that stopped answering
                 result.failure = result.failure or "server stopped answering"
                 break
             for key, mask in sel.select(timeout=0.5):
@@ -146,16 +152,10 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
-                    result.errors += 1
-                    conn.done = True
-                    sel.unregister(conn.sock)
-                    active -= 1
+                    retire(conn, failed=True)
                     continue
                 if not chunk:
-                    result.errors += 1   # the server closed mid-exchange
-                    conn.done = True
-                    sel.unregister(conn.sock)
-                    active -= 1
+                    retire(conn, failed=True)
                     continue
                 conn.received += chunk
                 if len(conn.received) < size:
@@ -171,27 +171,19 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 elif result.requests % 7 == 0:
                     result.latencies[result.requests % MAX_LATENCIES] = finished - conn.started
                 conn.seq += 1
-                out_of_time = finished >= stop_at
                 enough = requests_per_connection is not None and conn.seq >= requests_per_connection
-                if out_of_time or enough:
-                    conn.done = True
-                    sel.unregister(conn.sock)
-                    active -= 1
-                else:
-                    _next_message(conn, filler, size)
-                    try:
-                        events = _send_some(conn, size)
-                    except OSError:
-                        result.errors += 1
-                        conn.done = True
-                        sel.unregister(conn.sock)
-                        active -= 1
-                        continue
-                    sel.modify(conn.sock, events, conn)
+                if finished >= stop_at or enough:
+                    retire(conn)
+                    continue
+                _next_message(conn, filler, size)
+                try:
+                    sel.modify(conn.sock, _send_some(conn, size), conn)
+                except OSError:
+                    retire(conn, failed=True)
             if progress and time.perf_counter() - last_report > 0.25:
                 last_report = time.perf_counter()
                 progress("load", min(1.0, (last_report - start) / duration) if requests_per_connection is None
-                         else 1 - active / len(conns))
+                         else 1 - len(active) / len(conns))
         result.seconds = time.perf_counter() - start
         return result
     finally:
