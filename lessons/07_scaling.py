@@ -230,8 +230,8 @@ def load_results(path: pathlib.Path) -> tuple[dict, list[Point]]:
 
 def figure(points: list[Point], info: dict | None = None):
     import matplotlib
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")   # no screen needed; a notebook keeps its own backend
+    if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")   # a terminal needs no screen; a notebook keeps its inline backend
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -251,6 +251,7 @@ def figure(points: list[Point], info: dict | None = None):
     if info:
         fig.suptitle(f"{info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']}", fontsize=9)
     fig.tight_layout()
+    plt.close(fig)   # the caller decides whether to show it (a notebook shows a returned figure)
     return fig
 
 
