@@ -6,6 +6,11 @@
 - :mod:`.stream`     recv_exactly, recv_until_eof, length-prefixed messages
 - :mod:`.adversary`  dribblers, floods, resets, silent peers
 - :mod:`.check`      exercise checks that print ✓/✗ and never hang
+- :mod:`.show`       syntax-highlighted source for notebooks
+- :mod:`.lineserver` a single-threaded selectors line server (lesson 05's exercise)
+- :mod:`.loadgen`    a load generator that checks every reply (lesson 07, benchmarks)
+- :mod:`.processes`  servers in child processes: port, CPU time, memory
+- :mod:`.baselines`  asyncio echo servers to measure against
 """
 from .server import Stopper, accept_until, listen, running
 from .transcript import Transcript
