@@ -46,10 +46,9 @@ class Connection:
 
 @dataclass
 class Counters:
-    """How the loop spent its passes: what it did, and how often it found nothing."""
+    """How the loop spent its passes: how many, and how many found nothing to do."""
     passes: int = 0
     idle_passes: int = 0
-    would_block: int = 0
 
 
 def serve(listener: socket.socket, stop, log: Transcript, nap: float = 0.001,
@@ -72,8 +71,7 @@ def serve(listener: socket.socket, stop, log: Transcript, nap: float = 0.001,
             while True:   # take every client that is waiting, not one per pass
                 try:
                     sock, _ = listener.accept()
-                except BlockingIOError:
-                    counters.would_block += 1
+                except BlockingIOError:   # nobody (more) is waiting
                     break
                 sock.setblocking(False)   # accepted sockets do NOT inherit non-blocking mode
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -82,7 +80,7 @@ def serve(listener: socket.socket, stop, log: Transcript, nap: float = 0.001,
                 done.append((ACCEPT, f"client {accepted}", 0, ""))
             for conn in list(connections):
                 try:
-                    step(conn, done, counters)
+                    step(conn, done)
                 except OSError as exc:   # reset or broken pipe: drop this client only
                     done.append((ERROR, conn.who, 0, type(exc).__name__))
                     conn.client_done, conn.output = True, bytearray()
@@ -105,13 +103,13 @@ def serve(listener: socket.socket, stop, log: Transcript, nap: float = 0.001,
             conn.sock.close()
 
 
-def step(conn: Connection, done: list, counters: Counters) -> None:
+def step(conn: Connection, done: list) -> None:
     """Try to read once and to write once on one connection; note what moved."""
     if not conn.client_done and len(conn.output) < OUTPUT_LIMIT:
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            counters.would_block += 1
+        except BlockingIOError:   # not an error: nothing has arrived yet
+            pass
         else:
             if data:
                 done.append((RECV, conn.who, len(data), ""))
@@ -122,8 +120,8 @@ def step(conn: Connection, done: list, counters: Counters) -> None:
     if conn.output:
         try:
             sent = conn.sock.send(conn.output)   # may take only part: keep the rest for later
-        except BlockingIOError:
-            counters.would_block += 1
+        except BlockingIOError:   # the send buffer is full: try again next pass
+            pass
         else:
             done.append((SEND, conn.who, sent, ""))
             del conn.output[:sent]

@@ -97,10 +97,6 @@ class Transcript:
     def wait_for_event(self, side: str, kind: str, count: int = 1, timeout: float = 5.0) -> bool:
         return self.wait_for(lambda evs: sum(e.side == side and e.kind == kind for e in evs) >= count, timeout)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._events.clear()
-
     def timeline(self, title: str = "readiness timeline", max_rows: int = 40):
         """A rich Table with one row per event-loop wake-up: what was ready, what was done."""
         return render_timeline(self.events(SERVER), title=title, max_rows=max_rows)
