@@ -10,6 +10,7 @@ def fetch_greeting(host: str, port: int, timeout: float = 1.0) -> str:
     Return "refused" if nobody is listening there, and "timeout" if the server
     accepts but says nothing within ``timeout`` seconds.
     """
+    ### BEGIN SOLUTION
     try:
         # The timeout covers connect() and every recv() on this socket: without
         # one, a silent server holds us for as long as it likes.
@@ -25,6 +26,7 @@ def fetch_greeting(host: str, port: int, timeout: float = 1.0) -> str:
     except socket.timeout:             # TimeoutError: waited, nothing came
         return "timeout"
     return data.decode("utf-8", errors="replace").strip()
+    ### END SOLUTION
 
 
 def make_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
@@ -33,6 +35,7 @@ def make_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
     It must be possible to call this again with the same port right after a
     previous listener on it served a client and closed.
     """
+    ### BEGIN SOLUTION
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # The key step: without SO_REUSEADDR, bind() fails with EADDRINUSE for as
@@ -44,3 +47,4 @@ def make_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
         sock.close()               # never leak the socket when bind fails
         raise
     return sock
+    ### END SOLUTION

@@ -4,7 +4,6 @@ from __future__ import annotations
 import struct
 
 HEADER = struct.Struct("!I")   # 4-byte unsigned length, network (big-endian) order
-MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def recv_exactly(sock, n: int) -> bytes:
@@ -12,6 +11,7 @@ def recv_exactly(sock, n: int) -> bytes:
 
     Raise EOFError if the peer closes the connection before n bytes arrive.
     """
+    ### BEGIN SOLUTION
     chunks, remaining = [], n
     while remaining:
         # recv() returns whatever has arrived, up to the size asked for; never
@@ -22,15 +22,17 @@ def recv_exactly(sock, n: int) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+    ### END SOLUTION
 
 
-def recv_message(sock, max_size: int = MAX_MESSAGE):
+def recv_message(sock, max_size: int = 16 * 1024 * 1024):
     """Return the next length-prefixed message from sock.
 
     Each message is a 4-byte big-endian length, then that many bytes. Return
     None if the peer closed cleanly between messages; raise EOFError if it
     closed part-way through one, and ValueError if the length is over max_size.
     """
+    ### BEGIN SOLUTION
     first = sock.recv(HEADER.size)
     if not first:                  # EOF before a header: a clean end, not an error
         return None
@@ -40,3 +42,4 @@ def recv_message(sock, max_size: int = MAX_MESSAGE):
     if length > max_size:
         raise ValueError(f"length prefix says {length:,} bytes, over the {max_size:,}-byte limit")
     return recv_exactly(sock, length)
+    ### END SOLUTION

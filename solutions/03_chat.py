@@ -9,6 +9,7 @@ def private_message(room, sender, line: str) -> str:
     "! no such user: NAME" if nobody by that name is here, and
     "! usage: /msg NAME TEXT" if the line has no name or no text.
     """
+    ### BEGIN SOLUTION
     parts = line.split(maxsplit=2)          # "/msg", NAME, and the rest, spaces kept
     if len(parts) < 3:
         return "! usage: /msg NAME TEXT"
@@ -21,6 +22,7 @@ def private_message(room, sender, line: str) -> str:
     if not target.outbox.put(f"{sender.name} (private): {text}"):
         return f"! {target.name} is not keeping up; message not sent"
     return f"* sent to {target.name}"
+    ### END SOLUTION
 
 
 def broadcast(clients: list, message: bytes, sender) -> None:
@@ -29,6 +31,7 @@ def broadcast(clients: list, message: bytes, sender) -> None:
     A client whose socket fails (it reset or vanished) is closed and removed
     from clients; every other client still gets the whole message.
     """
+    ### BEGIN SOLUTION
     for client in list(clients):            # iterate over a copy: we may remove from the list
         if client is sender:
             continue
@@ -37,3 +40,4 @@ def broadcast(clients: list, message: bytes, sender) -> None:
         except OSError:                     # only network errors; a bug should still show
             client.close()
             clients.remove(client)
+    ### END SOLUTION

@@ -9,6 +9,7 @@ def flush(sock, output: bytearray) -> bool:
     is empty, False if some is left for later. Never wait, never raise
     BlockingIOError.
     """
+    ### BEGIN SOLUTION
     while output:
         try:
             sent = sock.send(output)
@@ -16,6 +17,7 @@ def flush(sock, output: bytearray) -> bool:
             return False
         del output[:sent]                # the key step: keep exactly what was not taken
     return True
+    ### END SOLUTION
 
 
 def read_available(sock) -> tuple[bytes, bool]:
@@ -24,6 +26,7 @@ def read_available(sock) -> tuple[bytes, bool]:
     Return (data, closed): the bytes read (maybe b'') and whether the peer has
     closed its side (recv returned b'').
     """
+    ### BEGIN SOLUTION
     chunks = []
     while True:
         try:
@@ -33,3 +36,4 @@ def read_available(sock) -> tuple[bytes, bool]:
         if not chunk:                    # b'' is EOF, which is different from "nothing yet"
             return b"".join(chunks), True
         chunks.append(chunk)
+    ### END SOLUTION

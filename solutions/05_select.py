@@ -20,10 +20,13 @@ class SelectorChat:
 
     def connected(self, client) -> None:
         """A client arrived: ask for its name."""
+        ### BEGIN SOLUTION
         client.send(chat.GREETING)
+        ### END SOLUTION
 
     def line(self, client, text: str) -> None:
         """One line from a client: its name first, then messages and commands."""
+        ### BEGIN SOLUTION
         if client.name is None:
             problem = chat.name_problem(text)
             if problem is None and text.casefold() in self.members:
@@ -47,16 +50,21 @@ class SelectorChat:
                 client.send("! unknown command")
         elif text.strip():
             self.broadcast(f"{client.name}: {text}", sender=client)
+        ### END SOLUTION
 
     def disconnected(self, client) -> None:
         """A client left, for whatever reason: tell the others."""
+        ### BEGIN SOLUTION
         if client.name is not None and self.members.get(client.name.casefold()) is client:
             del self.members[client.name.casefold()]
             self.broadcast(f"* {client.name} left")
+        ### END SOLUTION
 
+    ### BEGIN SOLUTION
     def broadcast(self, text: str, sender=None) -> None:
         # The key step: send() only queues, so a slow client delays nobody; the
         # line server disconnects a client whose queue grows too long.
         for member in list(self.members.values()):
             if member is not sender:
                 member.send(text)
+    ### END SOLUTION

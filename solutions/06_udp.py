@@ -15,6 +15,7 @@ def reliable_request(sock, message: bytes, seq: int, timeout: float = 0.1, retri
     (struct "!I"); drop any other. Resend after ``timeout`` seconds of silence,
     at most ``retries`` times, then raise TimeoutError.
     """
+    ### BEGIN SOLUTION
     datagram = SEQ.pack(seq) + message
     for _ in range(retries + 1):
         sock.send(datagram)
@@ -30,3 +31,4 @@ def reliable_request(sock, message: bytes, seq: int, timeout: float = 0.1, retri
             if reply[:SEQ.size] == datagram[:SEQ.size]:
                 return reply[SEQ.size:]
     raise TimeoutError(f"no reply to request {seq} after {retries + 1} tries")
+    ### END SOLUTION

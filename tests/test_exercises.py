@@ -1,71 +1,87 @@
-"""Every exercise check fails on the notebook's stub and on the tutorial's code, and passes on the answer."""
+"""Every exercise declared in lessons/exercises: its check fails on the stub and on the
+tutorial's naive code, passes on the answer, and the notebook's stub matches the answer."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 
-from lessons.exercises import ex01, ex02, ex03, ex04, ex05, ex06
-from tests.conftest import lesson, notebook_exercise, solution
+from lessons.exercises import all_exercises, drift, make_stub
 
-EXERCISES = [
-    # notebook, function, check, the tutorial's naive version
-    ("01_basics.ipynb", "fetch_greeting", ex01.check_fetch_greeting, ex01.naive_fetch_greeting),
-    ("01_basics.ipynb", "make_listener", ex01.check_make_listener, ex01.naive_make_listener),
-    ("02_echo.ipynb", "recv_exactly", ex02.check_recv_exactly, ex02.naive_recv_exactly),
-    ("02_echo.ipynb", "recv_message", ex02.check_recv_message, ex02.naive_recv_message),
-    ("03_chat.ipynb", "private_message", ex03.check_private_message, ex03.naive_private_message),
-    ("03_chat.ipynb", "broadcast", ex03.check_broadcast, lesson("03_chat").naive_broadcast),
-    ("04_nonblocking.ipynb", "flush", ex04.check_flush, ex04.naive_flush),
-    ("04_nonblocking.ipynb", "read_available", ex04.check_read_available, ex04.naive_read_available),
-    ("05_select.ipynb", "SelectorChat", ex05.check_selector_chat, ex05.NaiveSelectorChat),
-    ("06_udp.ipynb", "reliable_request", ex06.check_reliable_request, ex06.naive_reliable_request),
-]
-IDS = [e[1] for e in EXERCISES]
+EXERCISES = list(all_exercises())
+IDS = [f"{e.lesson}:{e.name}" for e in EXERCISES]
 
 
-def answer(notebook: str, function: str):
-    return getattr(solution(notebook.removesuffix(".ipynb")), function)
+@pytest.fixture(params=EXERCISES, ids=IDS)
+def exercise(request):
+    return request.param
 
 
-@pytest.mark.parametrize("notebook, function, check, naive", EXERCISES, ids=IDS)
-def test_the_stub_fails_every_scenario(notebook, function, check, naive, capsys):
-    stub, _ = notebook_exercise(notebook, function)
-    result = check(stub)
+def test_the_stub_fails_every_scenario(exercise, capsys):
+    result = exercise.check(exercise.stub())
     assert result.total >= 2 and result.passed == 0, result
     assert "✗" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("notebook, function, check, naive", EXERCISES, ids=IDS)
-def test_the_tutorial_code_fails(notebook, function, check, naive):
-    result = check(naive)
+def test_the_naive_code_fails(exercise):
+    result = exercise.check(exercise.naive)
     assert not result.ok, result
 
 
-@pytest.mark.parametrize("notebook, function, check, naive", EXERCISES, ids=IDS)
-def test_the_answer_passes(notebook, function, check, naive, capsys):
-    result = check(answer(notebook, function))
+def test_the_answer_passes(exercise, capsys):
+    result = exercise.check(exercise.answer())
     assert result.ok, capsys.readouterr().out
 
 
-@pytest.mark.parametrize("notebook, function, check, naive", EXERCISES, ids=IDS)
-def test_stub_and_answer_share_signature_and_docstring(notebook, function, check, naive):
-    stub, source = notebook_exercise(notebook, function)
-    good = answer(notebook, function)
-    assert "# TODO" in source
-    pairs = [(stub, good)]
-    if inspect.isclass(good):   # a class: its docstring, and each of its methods
-        assert inspect.getdoc(stub) == inspect.getdoc(good)
-        pairs = [(getattr(stub, name), method) for name, method in vars(good).items()
-                 if inspect.isfunction(method) and not name.startswith("_") and name in vars(stub)]
-        missing = {name for name, m in vars(good).items() if inspect.isfunction(m)} - set(vars(stub))
-        assert not missing - {"broadcast"}, f"the stub lacks {missing}"   # helpers may be the learner's own
-    for stub_fn, good_fn in pairs:
-        assert inspect.signature(stub_fn) == inspect.signature(good_fn, eval_str=True)
-        assert inspect.getdoc(stub_fn) == inspect.getdoc(good_fn)
+def test_the_notebook_stub_is_made_from_the_answer(exercise):
+    notebook = json.loads(exercise.notebook.read_text(encoding="utf-8"))
+    assert drift(exercise, notebook) is None
+
+
+def test_stub_and_answer_share_signature_and_docstring(exercise):
+    stub, answer = exercise.stub(), exercise.answer()
+    assert "# TODO" in exercise.stub_source()
+    pairs = [(stub, answer)]
+    if inspect.isclass(answer):
+        pairs += [(getattr(stub, name), method) for name, method in vars(answer).items()
+                  if inspect.isfunction(method) and name in vars(stub)]
+    for stub_part, answer_part in pairs:
+        assert inspect.cleandoc(stub_part.__doc__ or "") == inspect.cleandoc(answer_part.__doc__ or "")
+        if callable(answer_part) and not inspect.isclass(answer_part):
+            assert inspect.signature(stub_part) == inspect.signature(answer_part, eval_str=True)
+
+
+def test_every_exercise_has_a_notebook_and_a_unique_name():
+    assert len(set(IDS)) == len(IDS) and EXERCISES
+    for exercise in EXERCISES:
+        assert exercise.notebook.exists(), exercise.notebook
+
+
+def test_a_stub_edited_by_hand_is_caught():
+    exercise = EXERCISES[0]
+    notebook = json.loads(exercise.notebook.read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        if exercise.tag in cell.get("metadata", {}).get("tags", []):
+            cell["source"] = "".join(cell["source"]).replace("# TODO", "# TODO: just guess", 1)
+    assert "differs" in drift(exercise, notebook)
+
+
+def test_make_stub_cuts_each_region():
+    source = '''def f(x):
+    """Doc."""
+    ### BEGIN SOLUTION
+    return x + 1
+    ### END SOLUTION
+'''
+    assert make_stub(source, "f", "add one") == (
+        'def f(x):\n    """Doc."""\n    # TODO: add one\n    raise NotImplementedError("f is not written yet")')
+    with pytest.raises(ValueError, match="no ### BEGIN SOLUTION"):
+        make_stub("def f():\n    return 1\n", "f")
 
 
 def test_the_kit_helpers_pass_the_lesson_02_checks():
+    from lessons.exercises import ex02
     from lessons.kit import stream
     assert ex02.check_recv_exactly(stream.recv_exactly).ok
     assert ex02.check_recv_message(stream.recv_message).ok

@@ -5,6 +5,7 @@ import importlib
 import socket
 
 from lessons.kit.adversary import closed_port, silent_server
+from lessons.exercises import Exercise
 from lessons.kit.check import Outcome, check, describe, expect_value, scenario
 from lessons.kit.server import running
 
@@ -111,3 +112,11 @@ def check_make_listener(fn):
         "port 0": _port_zero,
         "restart on the same port": _restart,
     })
+
+
+EXERCISES = [
+    Exercise('01_basics', 'fetch_greeting', check=check_fetch_greeting, naive=naive_fetch_greeting,
+             todo='connect with a timeout, read up to the newline, and catch the two errors.'),
+    Exercise('01_basics', 'make_listener', check=check_make_listener, naive=naive_make_listener,
+             todo='create, set the right option, bind, listen. Close the socket if bind fails.'),
+]

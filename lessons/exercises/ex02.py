@@ -4,6 +4,7 @@ from __future__ import annotations
 import struct
 
 from lessons.kit.adversary import connected_pair, play
+from lessons.exercises import Exercise
 from lessons.kit.check import check, describe, expect_error, expect_value, scenario
 
 HEADER = struct.Struct("!I")
@@ -92,3 +93,11 @@ def check_recv_exactly(fn):
 
 def check_recv_message(fn):
     return check("recv_message", fn, RECV_MESSAGE)
+
+
+EXERCISES = [
+    Exercise('02_echo', 'recv_exactly', check=check_recv_exactly, naive=naive_recv_exactly,
+             todo="loop on sock.recv() until you have n bytes; b'' means the peer closed."),
+    Exercise('02_echo', 'recv_message', check=check_recv_message, naive=naive_recv_message,
+             todo='read the 4-byte header (it may arrive in pieces too), check the length, read the body.'),
+]

@@ -8,6 +8,7 @@ import socket
 import threading
 
 from lessons.kit.adversary import abort, connected_pair
+from lessons.exercises import Exercise
 from lessons.kit.check import Outcome, check, describe, scenario
 from lessons.kit.server import running
 from lessons.kit.stream import recv_exactly
@@ -165,3 +166,11 @@ BROADCAST = {
 
 def check_broadcast(fn):
     return check("broadcast", fn, BROADCAST)
+
+
+EXERCISES = [
+    Exercise('03_chat', 'private_message', check=check_private_message, naive=naive_private_message,
+             todo='split the line, find the member, put the message in their outbox only.'),
+    Exercise('03_chat', 'broadcast', check=check_broadcast, naive=chat.naive_broadcast,
+             todo='start from naive_broadcast above and fix its three bugs.'),
+]

@@ -5,6 +5,7 @@ import contextlib
 import time
 
 from lessons.kit.adversary import connected_pair
+from lessons.exercises import Exercise
 from lessons.kit.check import Outcome, check, describe, scenario
 from lessons.kit.stream import recv_exactly
 
@@ -129,3 +130,11 @@ READ = {
 
 def check_read_available(fn):
     return check("read_available", fn, READ)
+
+
+EXERCISES = [
+    Exercise('04_nonblocking', 'flush', check=check_flush, naive=naive_flush,
+             todo='loop on sock.send(output), trim output by the count, stop at BlockingIOError.'),
+    Exercise('04_nonblocking', 'read_available', check=check_read_available, naive=naive_read_available,
+             todo='loop on sock.recv(); BlockingIOError means "no more for now".'),
+]

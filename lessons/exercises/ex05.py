@@ -7,6 +7,7 @@ import socket
 import threading
 
 from lessons.kit.adversary import abort
+from lessons.exercises import Exercise
 from lessons.kit.check import Outcome, check, describe, scenario
 from lessons.kit.lineserver import serve_lines
 from lessons.kit.server import running
@@ -134,3 +135,9 @@ SCENARIOS = {
 
 def check_selector_chat(handler_class):
     return check("SelectorChat", handler_class, SCENARIOS, deadline=6.0)
+
+
+EXERCISES = [
+    Exercise('05_select', 'SelectorChat', check=check_selector_chat, naive=NaiveSelectorChat,
+             todo=('send the greeting.', 'name (taken? invalid?), then /who, /quit, unknown commands, and messages to the others.', 'forget the client and announce "* NAME left".', 'add helper methods here if you like.')),
+]

@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 
+from lessons.exercises import Exercise
 from lessons.kit.check import Outcome, check, describe, scenario
 from lessons.kit.server import POLL_INTERVAL, bind_udp, running
 
@@ -89,3 +90,9 @@ SCENARIOS = {
 
 def check_reliable_request(fn):
     return check("reliable_request", fn, SCENARIOS, deadline=5.0)
+
+
+EXERCISES = [
+    Exercise('06_udp', 'reliable_request', check=check_reliable_request, naive=naive_reliable_request,
+             todo='send, wait with sock.settimeout(), compare sequence numbers, resend, give up.'),
+]
