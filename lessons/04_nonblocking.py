@@ -21,15 +21,13 @@ nobody has anything to say, the loop still spins, and that is the cost lesson
 """
 from __future__ import annotations
 
-import importlib
 import socket
 import time
 from dataclasses import dataclass, field
 
+from lessons.kit import echo
 from lessons.kit.cli import main_guard, run_lesson
 from lessons.kit.transcript import ACCEPT, CLOSE, EOF, ERROR, READY, RECV, SEND, SERVER, Transcript
-
-echo = importlib.import_module("lessons.02_echo")   # its client, and its contract
 
 TITLE = "Non-blocking sockets"
 RECV_SIZE = 65536

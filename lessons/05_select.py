@@ -23,19 +23,16 @@ output waiting (otherwise an idle socket is "writable" on every call).
 """
 from __future__ import annotations
 
-import importlib
 import selectors
 import select
 import socket
 
+from lessons.kit import echo
 from lessons.kit.cli import main_guard, run_lesson
+from lessons.kit.nonblocking import OUTPUT_LIMIT, RECV_SIZE, Connection   # as lesson 04 built it
 from lessons.kit.server import POLL_INTERVAL, raise_fd_limit
 from lessons.kit.transcript import (ACCEPT, CLOSE, EOF, ERROR, READY, RECV, SEND, SERVER,
                                     Transcript)
-
-nonblocking = importlib.import_module("lessons.04_nonblocking")
-Connection, OUTPUT_LIMIT, RECV_SIZE = nonblocking.Connection, nonblocking.OUTPUT_LIMIT, nonblocking.RECV_SIZE
-echo = importlib.import_module("lessons.02_echo")
 
 TITLE = "Multiplexing with select and selectors"
 FD_SETSIZE = 1024   # select()'s fixed limit on Linux and most platforms

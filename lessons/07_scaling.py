@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import importlib
+import importlib.util
 import json
 import pathlib
 import socket
@@ -34,13 +34,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+from lessons.kit import echo
 from lessons.kit.cli import main_guard, run_lesson
 from lessons.kit.loadgen import run_load
 from lessons.kit.processes import ServerProcess, machine
 from lessons.kit.server import JOIN_TIMEOUT, accept_until, raise_fd_limit
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, SERVER, Transcript
-
-echo = importlib.import_module("lessons.02_echo")
 
 TITLE = "Scaling lab"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
