@@ -124,7 +124,7 @@ def _format_address(address: tuple) -> str:
 
 
 def _log_live(event: Event) -> None:
-    who = f"{event.conn}: " if event.conn and event.kind != "accept" else ""
+    who = f"{event.who}: " if event.who and event.kind != "accept" else ""
     stderr.print(f"[dim]{who}{event.describe()}[/]")
 
 

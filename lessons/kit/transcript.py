@@ -40,7 +40,7 @@ READY = "ready"   # a wake-up of an event loop; detail lists what was ready (les
 class Event:
     side: str          # CLIENT or SERVER
     kind: str          # one of the kinds above
-    conn: str = ""     # which connection: "client 1", "alice", ...
+    who: str = ""      # which connection, as a label: "client 1", "alice", ...
     nbytes: int = 0    # for SEND and RECV
     detail: str = ""   # short, deterministic text: never a port or an address
 
@@ -49,7 +49,7 @@ class Event:
             SEND: f"send {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
             RECV: f"recv {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
             EOF: "recv → b'' (EOF)",
-            ACCEPT: f"accept {self.conn}".rstrip(),
+            ACCEPT: f"accept {self.who}".rstrip(),
         }
         text = words.get(self.kind, self.kind)
         if self.kind == NOTE:
@@ -74,10 +74,10 @@ class Transcript:
         """Whether record(kind) would keep anything: skip building costly details if not."""
         return self._kinds is None or kind in self._kinds
 
-    def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
+    def record(self, side: str, kind: str, who: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
         if self._kinds is not None and kind not in self._kinds:
             return None
-        event = Event(side, kind, conn, nbytes, detail)
+        event = Event(side, kind, who, nbytes, detail)
         with self._changed:
             self._events.append(event)
             self._changed.notify_all()
@@ -129,17 +129,17 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
     lanes = {CLIENT: [e for e in events if e.side == CLIENT],
              SERVER: [e for e in events if e.side == SERVER]}
     pos = {CLIENT: 0, SERVER: 0}
-    sent = collections.Counter()      # (side, conn) -> bytes sent so far
-    received = collections.Counter()  # (side, conn) -> bytes received so far
-    closed = set()                    # (side, conn) that shut down or closed
+    sent = collections.Counter()      # (side, who) -> bytes sent so far
+    received = collections.Counter()  # (side, who) -> bytes received so far
+    closed = set()                    # (side, who) that shut down or closed
     listening = False
     connects = accepts = 0
     out: list[Event] = []
 
     def ready(e: Event) -> bool:
-        peer = (_other(e.side), e.conn)
+        peer = (_other(e.side), e.who)
         if e.kind == RECV:
-            return sent[peer] >= received[(e.side, e.conn)] + e.nbytes
+            return sent[peer] >= received[(e.side, e.who)] + e.nbytes
         if e.kind == EOF:
             return peer in closed
         if e.kind == ACCEPT:
@@ -150,7 +150,7 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
 
     def take(e: Event) -> None:
         nonlocal listening, connects, accepts
-        key = (e.side, e.conn)
+        key = (e.side, e.who)
         if e.kind == SEND:
             sent[key] += e.nbytes
         elif e.kind == RECV:
@@ -191,11 +191,11 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
         table.add_column(side, style="cyan" if side == CLIENT else "magenta")
     shown = events if len(events) <= max_rows else events[: max_rows - 1]
     # Name the connection on each row only when there is more than one to tell apart.
-    several = len({e.conn for e in events if e.conn}) > 1
+    several = len({e.who for e in events if e.who}) > 1
     for i, e in enumerate(shown, 1):
         text = e.describe()
-        if several and e.conn and e.kind != ACCEPT:
-            text = f"[{e.conn}] {text}"
+        if several and e.who and e.kind != ACCEPT:
+            text = f"[{e.who}] {text}"
         style = "bold red" if e.kind == ERROR else ""
         # Text(), not a str: "[client 2]" must not be read as rich markup.
         cells = [Text(text, style=style) if side == e.side else Text("") for side in lanes]
@@ -215,7 +215,7 @@ def render_timeline(events: list[Event], title: str = "readiness timeline", max_
         if e.kind == READY:
             rows.append((e.detail, []))
         elif rows and e.kind != LISTEN:
-            who = f"{e.conn}: " if e.conn and e.kind != ACCEPT else ""
+            who = f"{e.who}: " if e.who and e.kind != ACCEPT else ""
             rows[-1][1].append(who + e.describe())
     table = Table(title=title, title_justify="left")
     table.add_column("wake-up", justify="right", style="dim")
