@@ -185,7 +185,7 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
 
     # A lane nobody recorded in (a server-only view, say) is left out.
     lanes = [side for side in (CLIENT, SERVER) if any(e.side == side for e in events)] or [CLIENT, SERVER]
-    table = Table(title=title, title_justify="left", show_lines=False)
+    table = Table(title=title, title_justify="left", show_lines=False, min_width=len(title) + 2)
     table.add_column("#", justify="right", style="dim")
     for side in lanes:
         table.add_column(side, style="cyan" if side == CLIENT else "magenta")
@@ -217,7 +217,7 @@ def render_timeline(events: list[Event], title: str = "readiness timeline", max_
         elif rows and e.kind != LISTEN:
             who = f"{e.who}: " if e.who and e.kind != ACCEPT else ""
             rows[-1][1].append(who + e.describe())
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title) + 2)
     table.add_column("wake-up", justify="right", style="dim")
     table.add_column("ready", style="cyan")
     table.add_column("what the loop did", style="magenta")
