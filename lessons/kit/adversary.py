@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Iterator
 
-from .stream import recv_until_eof
+from .stream import read_lines, recv_until_eof
 
 TIMEOUT = 5.0
 
@@ -202,3 +202,48 @@ def play(sock: socket.socket, script: list, delay: float = 0.02) -> threading.Th
     t = threading.Thread(target=act, name="scripted-peer", daemon=True)
     t.start()
     return t
+
+
+def talk_past_a_sleeper(address: tuple, messages: int = 4000, size: int = 4000,
+                        patience: float = 1.0) -> dict:
+    """Three chat clients: 'sleepy' joins and never reads, 'talker' sends ``messages``
+    lines of ``size`` bytes, 'listener' counts what reaches it. Returns what happened.
+
+    A room that sends to everyone from the sender's thread stalls behind sleepy:
+    once sleepy's buffers are full, the talker is blocked too. A room with an
+    outbox per member drops sleepy instead ("* sleepy left (too slow to keep up)").
+    Raw sockets, so it runs against the tutorial's server too (which has no
+    names: there, the name lines are just more messages). ``patience``: how long
+    the talker waits on a blocked send, and the listener on silence.
+    """
+    body = b"p" * size
+    received, notices = [], []
+
+    def listen(sock):
+        with contextlib.suppress(OSError, ValueError):
+            for raw in read_lines(sock, size * 2):
+                if raw.endswith(body):
+                    received.append(raw)
+                elif raw.startswith(b"* sleepy"):
+                    notices.append(raw.decode())
+
+    with contextlib.ExitStack() as stack:
+        sleepy, talker, listener = (stack.enter_context(connect(address)) for _ in range(3))
+        for sock, name in ((sleepy, b"sleepy\n"), (talker, b"talker\n"), (listener, b"listener\n")):
+            sock.sendall(name)
+        listener.settimeout(patience)   # the listener stops after this long without a line
+        reader = threading.Thread(target=listen, args=(listener,), name="sleeper-listener", daemon=True)
+        reader.start()
+        time.sleep(0.2)                 # let all three join before the talking starts
+        talker.settimeout(patience)
+        sent, blocked = 0, False
+        try:
+            for _ in range(messages):
+                talker.sendall(body + b"\n")
+                sent += 1
+        except socket.timeout:          # the server stopped reading what we send
+            blocked = True
+        reader.join(30)
+    return {"listener got every message": len(received) == sent,
+            "talker was blocked": blocked,
+            "sleepy was dropped": "* sleepy left (too slow to keep up)" in notices}

@@ -1,0 +1,184 @@
+"""A client for line protocols, for programs: the chat rooms' demos, notebooks, checks and tests.
+
+    with ChatClient(room.address, "alice") as alice:     # greeting read, name sent, welcome read
+        alice.say("hello")
+        alice.expect("* bob joined")                      # the lines up to and including that one
+        line = alice.next_line(timeout=1.0)               # TimeoutError, or ConnectionClosed at EOF
+
+A reader thread collects every line the server sends, so the program never
+blocks on the socket and every wait has a timeout. It survives anything a
+server sends: invalid UTF-8 is replaced, and a line over ``limit`` bytes is
+skipped and reported (``skipped`` counts them, and a :class:`Skipped` marker
+takes its place among the lines), never fatal.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import socket
+import threading
+import time
+from typing import Optional
+
+from . import chat
+
+RECV_SIZE = 65536
+
+
+class ConnectionClosed(EOFError):
+    """The server closed the connection, and every line it sent has been taken."""
+
+
+class Skipped(str):
+    """Stands in the line queue where a line over the client's limit was skipped."""
+
+
+class LineClient:
+    """Connect (with a timeout), and collect the server's lines in a background thread."""
+
+    def __init__(self, address, timeout: float = 5.0, limit: int = 65536):
+        self.timeout, self.limit = timeout, limit
+        self.skipped = 0                 # lines over the limit, dropped
+        self.close_reason: Optional[str] = None   # "closed" (EOF), "reset", or an error's name
+        self.sock = socket.create_connection(address[:2], timeout=timeout)
+        self._lines: collections.deque[str] = collections.deque()
+        self._arrived = threading.Condition()
+        self._closed = threading.Event()
+        self._closing = False
+        self._pending, self._skipping = b"", False
+        self._reader = threading.Thread(target=self._read, name="line-client-reader", daemon=True)
+        self._reader.start()
+
+    # --- the reader thread ---
+
+    def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except socket.timeout:   # a quiet server is fine; only close() ends the wait
+                    if self._closing:
+                        break
+                    continue
+                if not data:
+                    self.close_reason = "closed"
+                    break
+                self._split(data)
+        except ConnectionResetError:
+            self.close_reason = "reset"
+        except OSError as exc:
+            self.close_reason = type(exc).__name__
+        finally:
+            with self._arrived:
+                self._closed.set()
+                self._arrived.notify_all()
+
+    def _split(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if self._skipping:            # the end of a line already reported as skipped
+                self._skipping = False
+                continue
+            line = line.removesuffix(b"\r")
+            if len(line) > self.limit:
+                self._skip(f"[a line of {len(line):,} bytes, over this client's {self.limit:,}, was skipped]")
+            else:
+                self._put(line.decode("utf-8", errors="replace"))
+        if len(self._pending) > self.limit + 1 and not self._skipping:   # +1: a '\r' may follow
+            self._skip(f"[a line over this client's {self.limit:,} bytes was skipped]")
+            self._skipping = True
+        if self._skipping:
+            self._pending = b""           # drop the rest of it as it comes
+
+    def _skip(self, note: str) -> None:
+        self.skipped += 1
+        self._put(Skipped(note))
+
+    def _put(self, line: str) -> None:
+        with self._arrived:
+            self._lines.append(line)
+            self._arrived.notify_all()
+
+    # --- the program's side ---
+
+    def say(self, text: str) -> None:
+        """Send one line of text (a newline is added)."""
+        self.sock.sendall(text.encode("utf-8") + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes exactly as given: half lines, invalid UTF-8, floods."""
+        self.sock.sendall(data)
+
+    def next_line(self, timeout: Optional[float] = None) -> str:
+        """The next line received. TimeoutError if none comes within timeout
+        (default: the client's), ConnectionClosed once the server has closed and all is read."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._lines or self._closed.is_set(),
+                                   self.timeout if timeout is None else timeout)
+            if self._lines:
+                return self._lines.popleft()
+        if self._closed.is_set():
+            raise ConnectionClosed(f"the server {'reset' if self.close_reason == 'reset' else 'closed'} "
+                                   "the connection")
+        raise TimeoutError("no line from the server in time")
+
+    def expect(self, line: str, timeout: Optional[float] = None) -> list[str]:
+        """Wait for ``line``; return it with the lines that came before it."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        seen: list[str] = []
+        while not seen or seen[-1] != line:
+            try:
+                seen.append(self.next_line(max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                raise TimeoutError(f"waited for {line!r}; got {seen[-3:]!r}") from None
+        return seen
+
+    def unread(self) -> list[str]:
+        """The lines received and not taken yet (leaves them in place)."""
+        with self._arrived:
+            return list(self._lines)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the server has closed the connection (lines may still be waiting)."""
+        return self._closed.is_set()
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the server closes the connection; False if it is still open after timeout."""
+        return self._closed.wait(self.timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Hang up: wake and join the reader, close the socket. Safe to call twice."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(self.timeout + 1.0)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class ChatClient(LineClient):
+    """A client of the chat protocol (lesson 03): reads the greeting and, given a name, joins.
+
+    ``greeting`` holds the first line, ``welcome`` the answer to the name (None
+    without a name); neither is checked, so a test can look at a refusal too.
+    """
+
+    def __init__(self, address, name: Optional[str] = None, timeout: float = 5.0,
+                 limit: int = chat.MAX_SEND):
+        super().__init__(address, timeout, limit)
+        self.welcome: Optional[str] = None
+        try:
+            self.greeting = self.next_line()
+            if name is not None:
+                self.say(name)
+                self.welcome = self.next_line()
+        except BaseException:
+            self.close()              # a failed join leaves no socket or thread behind
+            raise
