@@ -1,141 +1,162 @@
-"""A chat room with one thread per client, a lock around shared state, and an outbox per client.
+"""A chat room: one thread per client, a lock around what they share, and an outbox per client.
 
-    python -m lessons.03_chat                          # demo: three scripted clients talk
-    python -m lessons.03_chat serve [--port 9903]      # the room; try it with `nc 127.0.0.1 9903`
-    python -m lessons.03_chat client --name NAME       # an interactive client (stdin may be a pipe)
+    python -m lessons.03_chat                       # demo: three people talk
+    python -m lessons.03_chat serve [--port 9903]   # the room; try it with `nc 127.0.0.1 9903`
+    python -m lessons.03_chat client [--name NAME]  # an interactive client (stdin may be a pipe)
 
-The protocol is plain UTF-8 lines, ending in \\n (\\r\\n works too), so netcat,
-telnet and socat are clients as good as ours:
+The protocol is UTF-8 lines ending in \\n (\\r\\n works too), so netcat is a client too:
 
     server: * welcome to the chat room; what is your name?
-    you:    alice                    1-32 printable characters, no spaces;
-    server: * welcome, alice!        "! ..." if taken or invalid: try another
-    you:    hello                    every OTHER client gets "alice: hello"
-    you:    /who                     "* online: alice, bob"  (sorted)
-    you:    /quit                    "* bye", then the server closes
-    you:    /dance                   "! unknown command"
-    others see "* alice joined" and "* alice left". A line over 4096 bytes gets
-    "! line too long" and the connection is closed. Invalid UTF-8 is replaced;
-    control characters, ANSI escape sequences included, are stripped.
+    you:    alice                  "! ..." if taken or invalid: try another name
+    server: * welcome, alice! /who lists who is here, /quit leaves
+    you:    hello                  every OTHER member gets "alice: hello"
+    you:    /who                   "* online: alice, bob" (sorted, one line)
+    you:    /quit                  "* bye", then the server closes
+    Others see "* alice joined", "* alice left", or "* alice left (idle)" after
+    --idle-timeout seconds of silence (an empty line counts as speaking).
 
 Two threads per client, and nobody waits for anybody else:
 
-    reader thread: recv → lines → room.broadcast(line)
-                                      │  under room.lock, put the line in every
-                                      ▼  other member's outbox (never blocks)
-    writer thread: outbox (bounded) → sendall
-    An outbox that fills up means that client stopped reading: it is disconnected,
-    and the room goes on.
+    reader thread: recv -> lines -> room.broadcast(line): under room's lock, put
+                                    the line in every other member's outbox
+    writer thread: outbox (bounded) -> sendall   (a full outbox: too slow, dropped)
+
+Bounds: a line in is at most 4096 bytes (else "! line too long" and the server
+hangs up), its cleaned text at most 4096 bytes, every line out at most 8192.
+lessons/kit/chat.py is the tested copy of this protocol that later rooms use.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import functools
-import queue
-import re
 import socket
-import sys
 import threading
-import time
 import unicodedata
 from dataclasses import dataclass
 
-from lessons.kit.cli import main_guard, run_lesson
-from lessons.kit.server import JOIN_TIMEOUT, accept_until
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+# The character tables and the longer texts of the protocol: lessons/kit/chat.py.
+from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, CROWDED, FLAG, IDLE_BYE, LEFT, LEFT_IDLE,
+                              LEFT_SLOW, NAME_INVISIBLE, NAME_LENGTH, NAME_MIXED, NAMING_TOO_SLOW,
+                              SCRIPT_MIXES, SHOWS_NOTHING, encode, fit, room_limits, script_of,
+                              shows_safely, who_line)
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
+                             serve_command, serve_forever)
+from lessons.kit.lineclient import ChatClient, converse, show
+from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, running
 from lessons.kit.stream import LineTooLong, read_lines
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Transcript
 
 TITLE = "Chat room with threads"
-MAX_LINE = 4096       # bytes in one line, without its newline
-MAX_NAME = 32         # characters in a name
-OUTBOX_LIMIT = 1 << 20  # bytes queued for one client, beyond what its socket buffers hold,
-                        # before we call it too slow
-MAX_CLIENTS = 500     # one thread pair each: refuse more than the machine should carry
+MAX_LINE = 4096          # bytes in one line a client sends, without its newline
+MAX_TEXT = 4096          # bytes in a cleaned message (invalid UTF-8 triples when replaced)
+MAX_SEND = 8192          # bytes in any line the server sends: what every client must accept
+MAX_NAME = 32            # characters in a name
+OUTBOX_LIMIT = 1 << 20   # bytes queued for one client before we call it too slow
+IDLE_TIMEOUT = 300.0     # seconds a member may stay silent
+NAMING_TIMEOUT = 30.0    # seconds a new connection has to give its name
 GREETING = "* welcome to the chat room; what is your name?"
+TAKEN, ROOM_FULL = "! that name is taken; try another", "! the room is full; try later"
+BYE, UNKNOWN, TOO_LONG = "* bye", "! unknown command", "! line too long"
+
+
+def welcome(name: str) -> str:
+    """The line a new member gets once the room has taken its name."""
+    return f"* welcome, {name}! /who lists who is here, /quit leaves"
 
 
 # --- The original tutorial's server, kept to be broken in the notebook. ---
 
-def naive_broadcast(clients: list, message: bytes, sender) -> None:
-    """The tutorial's broadcast. Fixed below in Room.broadcast()."""
-    for client in clients:                      # BUG: other threads add and remove meanwhile
-        if client is not sender:
+def naive_chat_server(listener, stop, log, clients=None):   # (ours) its receive(), run by the kit
+    clients = [] if clients is None else clients   # (ours) a fresh list per run, or the caller's
+
+    def broadcast(message, client):
+        for c in clients:
+            if c != client:
+                c.send(message)
+
+    def handle(client):
+        while not stop.is_set():                    # (ours) while True:, until stopped
             try:
-                client.send(message)            # BUG: blocks while this client isn't reading,
-            except:                             #      stalling the sender; partial sends ignored
+                message = client.recv(1024)
+                broadcast(message, client)
+            except:
+                index = clients.index(client)
+                clients.remove(client)
                 client.close()
-                clients.remove(client)          # BUG: removing while iterating skips a client
+                break
+
+    server_socket = listener                        # (ours) the kit made it: port 0, listening
+    threads = []                                    # (ours) to join them when stopped
+    for client, addr in accept_until(server_socket, stop, log):   # (ours) while True: accept()
+        log.record(SERVER, ACCEPT, f"client {len(threads) + 1}")  # (ours) instead of print()
+
+        clients.append(client)
+        thread = threading.Thread(target=recording_crashes, args=(log, handle, client),
+                                  daemon=True)      # (ours) target=handle: a crash is recorded
+        thread.start()
+        threads.append(thread)                      # (ours)
+    for thread in threads:                          # (ours) leave no thread behind
+        thread.join(JOIN_TIMEOUT)
 
 
-def naive_chat_server(listener, stop, log):
-    """The tutorial's chat server. Fixed below by Room, Outbox and handle()."""
-    clients = []                                # BUG: shared by every thread, no lock
-    broadcast = functools.partial(naive_broadcast, clients)
-
-    def handle(conn):
-        while not stop.is_set():                # (only the stop check is ours)
-            try:
-                message = conn.recv(1024)       # BUG: one recv() is not one line
-                if message:
-                    broadcast(message, conn)
-                else:
-                    clients.remove(conn)        # BUG: ...and keeps looping on a dead socket
-            except:                             # BUG: bare except swallows everything, even
-                log.record(SERVER, ERROR, detail="exception swallowed")   # its own bugs
-                continue
-
-    threads = []
-    for conn, _ in accept_until(listener, stop):
-        clients.append(conn)
-        threads.append(threading.Thread(target=handle, args=(conn,), daemon=True))
-        threads[-1].start()
-    for t in threads:                           # (ours: leave no threads behind)
-        t.join(JOIN_TIMEOUT)
+def recording_crashes(log: Transcript, target, *args) -> None:
+    """Run target(*args); an exception that escapes is recorded, not printed by the thread."""
+    try:
+        target(*args)
+    except Exception as exc:
+        log.record(SERVER, ERROR, detail=f"thread crashed: {type(exc).__name__}")
 
 
-# --- Cleaning what people send. ---
-
-ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
-INVISIBLE = {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e",   # bidi embeddings and overrides
-             "\u2066", "\u2067", "\u2068", "\u2069"}             # bidi isolates
-
+# --- Cleaning what people send, and names that cannot pass for another. ---
 
 def clean(raw: bytes) -> str:
-    """Decode a line and strip what could attack someone else's terminal."""
-    text = raw.decode("utf-8", errors="replace")
-    text = ANSI_ESCAPE.sub("", text).replace("\t", " ")
-    return "".join(ch for ch in text
-                   if unicodedata.category(ch) != "Cc" and ch not in INVISIBLE)
+    """Decode a line, drop what could attack or fool someone else's screen, cap its size."""
+    text = ANSI_ESCAPE.sub("", raw.decode("utf-8", errors="replace")).translate(AS_SPACE)
+    parts = FLAG.split(text)   # odd-numbered parts are whole flag sequences: keep them
+    text = "".join(part if i % 2 else "".join(filter(shows_safely, part))
+                   for i, part in enumerate(parts))
+    return fit(text, MAX_TEXT)
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by: NFKC, case folded, NFKC again (ＡＬＩＣＥ is alice)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def name_problem(name: str) -> str | None:
+    """Why a cleaned name cannot be used, as the line to send back; None if it can."""
     if not 1 <= len(name) <= MAX_NAME:
-        return f"! a name has 1 to {MAX_NAME} characters; try again"
-    if not name.isprintable() or any(ch.isspace() for ch in name):
-        return "! a name has no spaces or invisible characters; try again"
+        return NAME_LENGTH
+    if (not name.isprintable() or any(ch.isspace() for ch in name) or SHOWS_NOTHING.search(name)
+            or unicodedata.category(name[0]).startswith("M")):   # a combining mark on nothing
+        return NAME_INVISIBLE
+    scripts = {script_of(ch) for ch in unicodedata.normalize("NFKC", name)} - {None}
+    if len(scripts) > 1 and not any(scripts <= mix for mix in SCRIPT_MIXES):
+        return NAME_MIXED
     return None
 
 
 # --- The room: shared state, guarded by one lock. ---
 
 class Outbox:
-    """Bytes waiting to be written to one client. Bounded, and put() never blocks."""
+    """Lines waiting to be written to one client. Bounded, and put() never blocks."""
 
     def __init__(self, limit: int = OUTBOX_LIMIT):
         self._lines: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._limit = limit
+        self._size, self._limit = 0, limit
         self._ready = threading.Condition()
-        self._closed = False
+        self.closed = False
 
-    def put(self, line: str) -> bool:
-        """Queue a line; False if the outbox is full (the client is too slow)."""
-        data = line.encode("utf-8") + b"\n"
+    def put(self, line: str | bytes) -> bool:
+        """Queue a line (or bytes from encode()); False if full (too slow) or closed (leaving)."""
+        data = line if isinstance(line, bytes) else encode(line)
         with self._ready:
-            if self._closed:
-                return True
-            if self._size + len(data) > self._limit:
+            if self.closed or self._size + len(data) > self._limit:
                 return False
             self._lines.append(data)
             self._size += len(data)
@@ -143,22 +164,20 @@ class Outbox:
             return True
 
     def take_all(self) -> bytes | None:
-        """Everything queued, as one write (b'' never); None once closed and drained."""
+        """Everything queued, as one write; None once closed and drained."""
         with self._ready:
-            self._ready.wait_for(lambda: self._lines or self._closed)
-            if not self._lines:
-                return None
+            self._ready.wait_for(lambda: self._lines or self.closed)
             data = b"".join(self._lines)
             self._lines.clear()
             self._size = 0
-            return data
+            return data or None
 
     def close(self, drop: bool = False) -> None:
+        """No more lines: the writer sends what is queued (nothing, with drop) and ends."""
         with self._ready:
-            self._closed = True
+            self.closed = True
             if drop:
                 self._lines.clear()
-                self._size = 0
             self._ready.notify()
 
 
@@ -170,102 +189,114 @@ class Member:
 
 
 class Room:
-    """Who is here, and the one place that talks to everyone."""
+    """Who is here, and who is still choosing a name, under one lock; the one place that
+    talks to everyone."""
 
-    def __init__(self, log: Transcript):
-        self._members: dict[str, Member] = {}   # casefolded name → member
+    def __init__(self, log: Transcript, max_members: int, max_waiting: int):
+        self._members: dict[str, Member] = {}             # name_key(name) -> member
+        self._waiting: dict[socket.socket, Outbox] = {}   # not named yet, oldest first
         self._lock = threading.Lock()
-        self.log = log
+        self.log, self.max_members, self.max_waiting = log, max_members, max_waiting
+
+    def arrive(self, conn: socket.socket, outbox: Outbox) -> bool:
+        """A new connection; False if the room is full. When too many are choosing a name,
+        the one waiting longest is dropped, so silent connections cannot lock people out."""
+        with self._lock:
+            if len(self._members) >= self.max_members:
+                return False
+            self._waiting[conn] = outbox
+            if len(self._waiting) <= self.max_waiting:
+                return True
+            oldest = next(iter(self._waiting))
+            dropped = self._waiting.pop(oldest)
+        dropped.put(CROWDED)
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RD)   # its reader sees EOF; its writer still says why
+        return True
 
     def join(self, member: Member) -> str | None:
-        """Add member; returns a problem line if the name is taken."""
-        key = member.name.casefold()
+        """Add a member and welcome it; returns the problem line if it cannot join."""
+        key = name_key(member.name)
         with self._lock:   # check and insert in one step, or two clients could both get "alice"
             if key in self._members:
-                return "! that name is taken; try another"
+                return TAKEN
+            if len(self._members) >= self.max_members:
+                return ROOM_FULL
+            self._waiting.pop(member.conn, None)
+            member.outbox.put(welcome(member.name))   # first: no message can overtake it
             self._members[key] = member
         self.log.record(SERVER, NOTE, detail=f"{member.name} joined")
         self.broadcast(f"* {member.name} joined", sender=member)
         return None
 
-    def leave(self, member: Member, how: str = "left") -> None:
+    def leave(self, member: Member, how: str = LEFT) -> None:
         with self._lock:
-            if self._members.get(member.name.casefold()) is not member:
+            if self._members.get(name_key(member.name)) is not member:
                 return     # already gone: leaving twice announces once
-            del self._members[member.name.casefold()]
+            del self._members[name_key(member.name)]
         self.log.record(SERVER, NOTE, detail=f"{member.name} {how}")
         self.broadcast(f"* {member.name} {how}")
 
+    def depart(self, conn: socket.socket) -> None:
+        """A connection that never took a name has gone."""
+        with self._lock:
+            self._waiting.pop(conn, None)
+
     def find(self, name: str) -> Member | None:
         with self._lock:
-            return self._members.get(name.casefold())
+            return self._members.get(name_key(name))
 
     def who(self) -> str:
         with self._lock:
-            names = sorted((m.name for m in self._members.values()), key=str.casefold)
-        return "* online: " + ", ".join(names)
+            names = sorted((m.name for m in self._members.values()), key=name_key)
+        return who_line(names)   # one line of at most MAX_SEND bytes: "... and N more"
 
     def broadcast(self, line: str, sender: Member | None = None) -> None:
         """Queue line for everyone but the sender. Never waits on a client."""
-        too_slow = []
+        data, too_slow = encode(line), []   # encoded once, however many members
         with self._lock:   # one line at a time into every outbox: everyone sees the same order
             for member in self._members.values():
-                if member is not sender and not member.outbox.put(line):
+                if member is not sender and not member.outbox.put(data):
                     too_slow.append(member)
         for member in too_slow:   # outside the lock: leave() takes it again
-            self.leave(member, "left (too slow to keep up)")   # first, so this is the notice
+            self.leave(member, LEFT_SLOW)
             member.outbox.close(drop=True)
             with contextlib.suppress(OSError):
                 member.conn.shutdown(socket.SHUT_RDWR)   # wakes its reader and writer
 
 
-# --- One client: a reader (this thread) and a writer. ---
+# --- One client: a reader (its own thread) and a writer. ---
 
-def write_lines(conn: socket.socket, outbox: Outbox) -> None:
-    try:
-        # Take everything queued at once: one sendall for many lines, not one each.
-        while (data := outbox.take_all()) is not None:
-            conn.sendall(data)
-    except OSError:
-        outbox.close(drop=True)   # the client is gone; the reader will notice too
-
-
-def handle(conn: socket.socket, room: Room, log: Transcript, who: str, commands=None) -> None:
+def handle(conn: socket.socket, room: Room, who: str, idle_timeout: float | None,
+           commands: dict) -> None:
+    """Serve one client: its name first, then its lines, until it leaves."""
     outbox = Outbox()
-    writer = threading.Thread(target=write_lines, args=(conn, outbox), name=f"{who}-writer", daemon=True)
+    writer = threading.Thread(target=write_lines, args=(conn, outbox), name=f"{who} writer",
+                              daemon=True)
     writer.start()
-    member = None
-    outbox.put(GREETING)
+    member, how = None, LEFT
     try:
-        for raw in read_lines(conn, MAX_LINE):
-            text = clean(raw)
-            if member is None:                                  # the first line is a name
-                problem = name_problem(text)
-                if problem is None:
-                    candidate = Member(text, conn, outbox)
-                    problem = room.join(candidate)
-                    member = candidate if problem is None else None
-                outbox.put(problem or f"* welcome, {text}! /who lists who is here, /quit leaves")
-            elif text.startswith("/"):
-                command = text.split()[0]
-                if command == "/quit":
-                    outbox.put("* bye")
-                    break
-                elif command == "/who":
-                    outbox.put(room.who())
-                elif command in (commands or {}):   # commands added on top (the exercises)
-                    outbox.put(run_command(commands[command], room, member, text, log, who))
-                else:
-                    outbox.put("! unknown command")
-            elif text.strip():
-                room.broadcast(f"{member.name}: {text}", sender=member)
+        if not room.arrive(conn, outbox):
+            outbox.put(ROOM_FULL)
+            return
+        outbox.put(GREETING)
+        lines = read_lines(conn, MAX_LINE)
+        member = choose_name(lines, conn, outbox, room)   # within the naming timeout
+        if member is not None:
+            conn.settimeout(idle_timeout)
+            dispatch(lines, member, room, commands)
     except LineTooLong:
-        outbox.put("! line too long")
+        outbox.put(TOO_LONG)
+    except TimeoutError:     # silent for too long: while naming, or as a member
+        outbox.put(NAMING_TOO_SLOW if member is None else IDLE_BYE)
+        how = LEFT_IDLE
     except OSError as exc:   # reset, or shut down by a stop or as too slow
-        log.record(SERVER, ERROR, who, detail=type(exc).__name__)
+        room.log.record(SERVER, ERROR, who, detail=type(exc).__name__)
     finally:
         if member is not None:
-            room.leave(member)
+            room.leave(member, how)
+        else:
+            room.depart(conn)
         outbox.close()           # the writer sends what is queued, then ends
         writer.join(2.0)
         if writer.is_alive():    # stuck sending to a client that stopped reading
@@ -273,243 +304,142 @@ def handle(conn: socket.socket, room: Room, log: Transcript, who: str, commands=
                 conn.shutdown(socket.SHUT_RDWR)
             writer.join(JOIN_TIMEOUT)
         conn.close()
-        log.record(SERVER, CLOSE, who)
+        room.log.record(SERVER, CLOSE, who)
 
 
-def run_command(command, room: Room, member: Member, text: str, log: Transcript, who: str) -> str:
-    """Run an added command; a bug in it costs that command, not the connection."""
+def choose_name(lines, conn: socket.socket, outbox: Outbox, room: Room) -> Member | None:
+    """Read lines until one is a name the room takes; None if the client leaves first."""
+    for raw in lines:
+        name = clean(raw)
+        problem = name_problem(name)
+        if problem is None:
+            member = Member(name, conn, outbox)
+            problem = room.join(member)
+            if problem is None:
+                return member
+        outbox.put(problem)
+    return None
+
+
+def dispatch(lines, member: Member, room: Room, commands: dict) -> None:
+    """Every line after the name: a /command, or a message for everyone else."""
+    for raw in lines:
+        text = clean(raw)
+        command = text.split()[0] if text.startswith("/") else None
+        if command is None:
+            if text.strip():   # an empty line only says "still here" (for the idle timeout)
+                room.broadcast(f"{member.name}: {text}", sender=member)
+        elif command == "/quit":
+            member.outbox.put(BYE)
+            return
+        elif command == "/who":
+            member.outbox.put(room.who())
+        elif command in commands:   # added on top (the exercises): a bug costs the command only
+            try:
+                member.outbox.put(commands[command](room, member, text))
+            except Exception as exc:
+                failure = f"{command} failed on the server ({type(exc).__name__})"
+                room.log.record(SERVER, ERROR, member.name, detail=failure)
+                member.outbox.put(f"! {failure}")
+        else:
+            member.outbox.put(UNKNOWN)
+
+
+def write_lines(conn: socket.socket, outbox: Outbox) -> None:
+    """The writer thread: send what is queued, many lines in one sendall, until closed."""
     try:
-        return command(room, member, text)
-    except Exception as exc:
-        log.record(SERVER, ERROR, who, detail=f"{text.split()[0]}: {type(exc).__name__}")
-        return f"! {text.split()[0]} failed on the server ({type(exc).__name__})"
+        while (data := outbox.take_all()) is not None:
+            conn.sendall(data)
+    except OSError:   # the client is gone: wake its reader, which cleans up
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
 
 
-def make_serve(commands: dict | None = None):
-    """The room's serve() function, with extra /commands: name → f(room, member, line) → reply."""
-    return functools.partial(serve, commands=commands)
-
-
-def serve(listener: socket.socket, stop, log: Transcript, commands: dict | None = None) -> None:
-    room = Room(log)
+def serve(listener: socket.socket, stop, log: Transcript, *,
+          idle_timeout: float = IDLE_TIMEOUT, naming_timeout: float = NAMING_TIMEOUT,
+          max_members: int | None = None, max_waiting: int | None = None,
+          commands: dict | None = None) -> None:
+    """The room, a thread per client, until stopped. A timeout of 0 means none; the
+    room's size defaults to what this process has file descriptors for."""
+    members, waiting = room_limits(fd_limit())
+    room = Room(log, max_members or members, max_waiting or waiting)
     threads: list[threading.Thread] = []
-    for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
+    arrivals = accept_until(listener, stop, log, idle_timeout=naming_timeout or None)
+    for number, (conn, _) in enumerate(arrivals, 1):
         who = f"client {number}"
-        threads = [t for t in threads if t.is_alive()]
-        if len(threads) >= MAX_CLIENTS:
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(b"! the room is full; try later\n")
-            continue
         log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=handle, args=(conn, room, log, who, commands), name=who, daemon=True)
+        thread = threading.Thread(target=handle, name=who, daemon=True,
+                                  args=(conn, room, who, idle_timeout or None, commands or {}))
         thread.start()
-        threads.append(thread)
+        threads = [t for t in threads if t.is_alive()] + [thread]
     for thread in threads:   # stopping shut every connection down, so each ends soon
         thread.join(JOIN_TIMEOUT)
 
 
-# --- A client for programs: the demo, the notebook and the tests. ---
-
-class ChatClient:
-    """Connect, take a name, and collect every line the room sends."""
-
-    def __init__(self, address, name: str | None = None, timeout: float = 5.0):
-        self.timeout = timeout
-        self.sock = socket.create_connection(address[:2], timeout=timeout)
-        self.sock.settimeout(None)       # the reader waits for as long as the room is quiet...
-        self.received: queue.Queue = queue.Queue()
-        self.closed = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="chat-client-reader", daemon=True)
-        self._reader.start()
-        try:
-            self.greeting = self.next_line()  # ...and every wait here has a timeout
-            if name is not None:
-                self.say(name)
-                self.welcome = self.next_line()
-        except BaseException:
-            self.close()                      # a failed join leaves no socket or thread behind
-            raise
-
-    def _read(self) -> None:
-        try:
-            for raw in read_lines(self.sock, MAX_LINE * 2):
-                self.received.put(raw.decode("utf-8", errors="replace"))
-        except OSError:
-            pass
-        finally:
-            self.closed.set()
-
-    def say(self, text: str) -> None:
-        self.sock.sendall(text.encode("utf-8") + b"\n")
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def next_line(self, timeout: float | None = None) -> str:
-        try:
-            return self.received.get(timeout=self.timeout if timeout is None else timeout)
-        except queue.Empty:
-            raise TimeoutError("no line from the chat server in time") from None
-
-    def expect(self, line: str, timeout: float | None = None) -> list[str]:
-        """Wait for ``line``; return it with the lines that came before it."""
-        seen = []
-        while True:
-            seen.append(self.next_line(timeout))
-            if seen[-1] == line:
-                return seen
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self.closed.wait(self.timeout if timeout is None else timeout)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self._reader.join(self.timeout)
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# --- An experiment for the notebook and the tests: one client stops reading. ---
-
-def talk_past_a_sleeper(address, messages: int = 4000, size: int = 4000) -> dict:
-    """'sleepy' joins and never reads; 'talker' sends; 'listener' counts what arrives.
-
-    Raw sockets, so it runs against the tutorial's server too (which has no names:
-    there, the name lines are just more messages).
-    """
-    body = b"p" * size
-    received, notices = [], []
-
-    def listen(sock):
-        with contextlib.suppress(OSError):
-            for raw in read_lines(sock, size * 2):
-                if raw.endswith(body):
-                    received.append(raw)
-                elif raw.startswith(b"* sleepy"):
-                    notices.append(raw.decode())
-
-    with contextlib.ExitStack() as stack:
-        sleepy, talker, listener = (stack.enter_context(socket.create_connection(address[:2], timeout=5))
-                                    for _ in range(3))
-        for sock, name in ((sleepy, b"sleepy\n"), (talker, b"talker\n"), (listener, b"listener\n")):
-            sock.sendall(name)
-        listener.settimeout(1.0)   # the listener stops after 1 s of silence
-        reader = threading.Thread(target=listen, args=(listener,), daemon=True)
-        reader.start()
-        time.sleep(0.2)
-        talker.settimeout(2.0)
-        sent, blocked = 0, False
-        try:
-            for _ in range(messages):
-                talker.sendall(body + b"\n")
-                sent += 1
-        except socket.timeout:     # the server stopped reading what we send
-            blocked = True
-        reader.join(30)
-    return {"listener got every message": len(received) == sent,
-            "talker was blocked": blocked,
-            "sleepy was dropped": "* sleepy left (too slow to keep up)" in notices}
-
-
-# --- The demo and the command line. ---
-
-def demo() -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from lessons.kit import running
-
-    console = Console(highlight=False)
-    console.rule("[bold]Lesson 03: a chat room")
-    table = Table(title="who did what, and what each client received", title_justify="left")
-    for column in ("action", "alice", "bob", "carol"):
-        table.add_column(column)
-    people: dict[str, ChatClient] = {}
-
-    def step(action: str, do, arrives: dict[str, str]) -> None:
-        """Do something, then wait until each client has received its line."""
-        do()
-        got = {name: "\n".join(people[name].expect(line)) for name, line in arrives.items()}
-        table.add_row(action, *(got.get(name, "") for name in ("alice", "bob", "carol")))
-
-    def enter(name: str):
-        return lambda: people.__setitem__(name, ChatClient(server.address, name))
-
-    with running(serve) as server:
-        step("alice connects", enter("alice"), {})
-        step("bob connects", enter("bob"), {"alice": "* bob joined"})
-        step("carol connects", enter("carol"), {"alice": "* carol joined", "bob": "* carol joined"})
-        step("alice: hi everyone", lambda: people["alice"].say("hi everyone"),
-             {"bob": "alice: hi everyone", "carol": "alice: hi everyone"})
-        step("bob: hello alice", lambda: people["bob"].say("hello alice"),
-             {"alice": "bob: hello alice", "carol": "bob: hello alice"})
-        step("carol: /who", lambda: people["carol"].say("/who"), {"carol": "* online: alice, bob, carol"})
-        step("bob: /quit", lambda: people["bob"].say("/quit"),
-             {"alice": "* bob left", "bob": "* bye", "carol": "* bob left"})
-        step("carol: bye all", lambda: people["carol"].say("bye all"), {"alice": "carol: bye all"})
-        for person in people.values():
-            person.close()
-    console.print(table)
-    return 0
-
+# --- The client for people, the demo, and the command line. ---
 
 def client(args) -> int:
-    from rich.console import Console
-    from rich.text import Text
-
+    """Chat from a terminal or a pipe; ends when the server closes, and says why."""
     console = Console(highlight=False)
-
-    def show(line: str) -> None:
-        line = clean(line.encode())           # trust no server with our terminal either
-        if line.startswith("* "):
-            console.print(Text(line, style="dim italic"))
-        elif line.startswith("! "):
-            console.print(Text(line, style="bold red"))
-        else:
-            name, _, text = line.partition(": ")
-            console.print(Text.assemble((name, "bold cyan"), ": ", text))
-
     with ChatClient((args.host, args.port), timeout=args.timeout) as chat:
-        show(chat.greeting)
-        chat.say(args.name)
-        answer = chat.next_line()
-        show(answer)
-        if answer.startswith("!"):
-            return 1
-        printer = threading.Thread(target=lambda: _print_until_closed(chat, show), daemon=True)
-        printer.start()
-        for line in sys.stdin:
-            if chat.closed.is_set():
-                break
-            line = line.rstrip("\r\n")
-            chat.say(line)
-            if not sys.stdin.isatty():
-                console.print(Text.assemble(("you", "bold green"), ": ", line))
-        with contextlib.suppress(OSError):
-            chat.sock.shutdown(socket.SHUT_WR)   # stdin ended: we have nothing more to say
-        chat.wait_closed()
-        printer.join(args.timeout)
-    return 0
+        show(console, chat.greeting)
+        if args.name:
+            chat.say(args.name)   # if it is taken, the next line typed is the next try
+        return converse(chat, console)
 
 
-def _print_until_closed(chat: ChatClient, show) -> None:
-    while not (chat.closed.is_set() and chat.received.empty()):
-        with contextlib.suppress(TimeoutError):
-            show(chat.next_line(timeout=0.1))
-
-
-def add_client_args(parser) -> None:
-    parser.add_argument("--name", required=True, help="your name in the room (1-32 characters, no spaces)")
+def demo() -> int:
+    """Three people talk, an impostor tries a look-alike name; exits 0 if all went as shown."""
+    console = Console(highlight=False)
+    console.rule("[bold]Lesson 03: a chat room")
+    with running(serve) as room:
+        alice, bob = ChatClient(room.address, "alice"), ChatClient(room.address, "bob")
+        rows = [("bob joins", alice.next_line(), "", "")]
+        carol = ChatClient(room.address, "carol")
+        rows.append(("carol joins", alice.next_line(), bob.next_line(), ""))
+        alice.say("hi everyone")
+        rows.append(("alice: hi everyone", "", bob.next_line(), carol.next_line()))
+        carol.say("/who")
+        rows.append(("carol: /who", "", "", carol.next_line()))
+        impostor = ChatClient(room.address, "аlice")   # a Cyrillic а, then Latin lice
+        bob.say("/quit")
+        rows.append(("bob: /quit", alice.next_line(), bob.next_line(), carol.next_line()))
+        for person in (alice, bob, carol, impostor):
+            person.close()
+    table = Table(title="who did what, and what each one received", title_justify="left")
+    for column in ("action", "alice", "bob", "carol"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"'аlice' with a Cyrillic а was told: {impostor.welcome}")
+    expected = [("bob joins", "* bob joined", "", ""),
+                ("carol joins", "* carol joined", "* carol joined", ""),
+                ("alice: hi everyone", "", "alice: hi everyone", "alice: hi everyone"),
+                ("carol: /who", "", "", "* online: alice, bob, carol"),
+                ("bob: /quit", "* bob left", BYE, "* bob left")]
+    return 0 if rows == expected and impostor.welcome == NAME_MIXED else 1
 
 
 def main(argv=None) -> int:
-    return run_lesson(argv, doc=__doc__, name="03_chat", demo=demo, serve=serve,
-                      add_client_args=add_client_args, client=client, port=9903)
+    parser, commands = lesson_parser(__doc__, "03_chat")
+    serve_cmd = serve_command(commands, port=9903)
+    serve_cmd.add_argument("--idle-timeout", type=seconds(0, 86400, zero_means="never"),
+                           default=IDLE_TIMEOUT, metavar="SECONDS",
+                           help="drop a member silent this long (default %(default)g; 0: never)")
+    serve_cmd.add_argument("--naming-timeout", type=seconds(0, 3600), default=NAMING_TIMEOUT,
+                           metavar="SECONDS", help="drop a connection that gives no name within "
+                                                   "this (default %(default)g)")
+    client_cmd = client_command(commands, port=9903)
+    client_cmd.add_argument("--name", help="your name in the room (else type it when asked)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        room = functools.partial(serve, idle_timeout=args.idle_timeout,
+                                 naming_timeout=args.naming_timeout)
+        return serve_forever(room, args, "03_chat")
+    if args.command == "client":
+        return run_client(client, args)
+    return demo()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 
 # --- Limits ---
 MAX_LINE = 4096          # bytes in one line a client sends, without its newline
-MAX_TEXT = 4096          # bytes of UTF-8 in a cleaned message (replacement can triple invalid input)
+MAX_TEXT = 4096          # bytes in a cleaned message (invalid UTF-8 triples when replaced)
 MAX_SEND = 8192          # bytes in any line the server sends, without its newline
 MAX_NAME = 32            # characters in a name
 MAX_MEMBERS = 500        # named members, at most
@@ -94,7 +94,8 @@ def clean(raw: bytes) -> str:
     """Decode a line, drop what could attack or fool someone else's screen, cap its size."""
     text = ANSI_ESCAPE.sub("", raw.decode("utf-8", errors="replace")).translate(AS_SPACE)
     parts = FLAG.split(text)   # odd-numbered parts are whole flag sequences: keep them
-    text = "".join(part if i % 2 else "".join(filter(shows_safely, part)) for i, part in enumerate(parts))
+    text = "".join(part if i % 2 else "".join(filter(shows_safely, part))
+                   for i, part in enumerate(parts))
     return fit(text, MAX_TEXT)
 
 
@@ -103,14 +104,16 @@ def clean(raw: bytes) -> str:
 # Characters that show nothing: Unicode's Default_Ignorable_Code_Point (soft hyphen,
 # zero-width and bidi marks, variation selectors, Hangul fillers, tags...) and the
 # blank Braille pattern. A name holding one can pass for another name.
-SHOWS_NOTHING = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
-                           "\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-                           "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+SHOWS_NOTHING = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                           "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f"
+                           "\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+                           "\U000e0000-\U000e0fff]")
 # Scripts that may share a name: UTS #39's "highly restrictive" level (Japanese,
 # Chinese with Bopomofo, Korean). One script alone is always fine.
 SCRIPT_MIXES = ({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}, {"LATIN", "HAN", "BOPOMOFO"},
                 {"LATIN", "HAN", "HANGUL"})
-_SCRIPT_WORDS = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": "KATAKANA", "MODIFIER": None}
+_SCRIPT_WORDS = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": "KATAKANA",
+                 "MODIFIER": None}   # MODIFIER LETTER ...: shared by scripts
 
 
 def script_of(ch: str) -> Optional[str]:
@@ -124,7 +127,7 @@ def script_of(ch: str) -> Optional[str]:
 
 
 def name_key(name: str) -> str:
-    """What two names are compared by: NFKC, case folded, NFKC again (so ＡＬＩＣＥ is alice)."""
+    """What two names are compared by: NFKC, case folded, NFKC again (ＡＬＩＣＥ is alice)."""
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 

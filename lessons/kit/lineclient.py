@@ -3,7 +3,10 @@
     with ChatClient(room.address, "alice") as alice:     # greeting read, name sent, welcome read
         alice.say("hello")
         alice.expect("* bob joined")                      # the lines up to and including that one
-        line = alice.next_line(timeout=1.0)               # TimeoutError, or ConnectionClosed at EOF
+        line = alice.next_line(timeout=1.0)       # TimeoutError; ConnectionClosed at the end
+
+``converse(client, console)`` is a person's side of it, for the chat lessons'
+``client`` command: what is typed goes out, what arrives is shown, until the server closes.
 
 A reader thread collects every line the server sends, so the program never
 blocks on the socket and every wait has a timeout. It survives anything a
@@ -15,10 +18,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import os
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
+
+from rich.console import Console
+from rich.text import Text
 
 from . import chat
 
@@ -82,11 +90,11 @@ class LineClient:
                 continue
             line = line.removesuffix(b"\r")
             if len(line) > self.limit:
-                self._skip(f"[a line of {len(line):,} bytes, over this client's {self.limit:,}, was skipped]")
+                self._skip(f"[skipped a line of {len(line):,} bytes: over {self.limit:,}]")
             else:
                 self._put(line.decode("utf-8", errors="replace"))
         if len(self._pending) > self.limit + 1 and not self._skipping:   # +1: a '\r' may follow
-            self._skip(f"[a line over this client's {self.limit:,} bytes was skipped]")
+            self._skip(f"[skipped a line over {self.limit:,} bytes]")
             self._skipping = True
         if self._skipping:
             self._pending = b""           # drop the rest of it as it comes
@@ -119,8 +127,8 @@ class LineClient:
             if self._lines:
                 return self._lines.popleft()
         if self._closed.is_set():
-            raise ConnectionClosed(f"the server {'reset' if self.close_reason == 'reset' else 'closed'} "
-                                   "the connection")
+            how = "reset" if self.close_reason == "reset" else "closed"
+            raise ConnectionClosed(f"the server {how} the connection")
         raise TimeoutError("no line from the server in time")
 
     def expect(self, line: str, timeout: Optional[float] = None) -> list[str]:
@@ -182,3 +190,73 @@ class ChatClient(LineClient):
         except BaseException:
             self.close()              # a failed join leaves no socket or thread behind
             raise
+
+
+def relay_stdin(client: LineClient, echo: Optional[Callable[[str], None]] = None,
+                fd: int = 0) -> threading.Event:
+    """Send each line of standard input to the server, from a daemon thread, and half-close
+    when the input ends; returns an Event that is set then (not when sending fails).
+
+    ``echo(line)`` is called before each line is sent when the input is a pipe or a file
+    (not a terminal), so that the output shows what was said. The thread reads with
+    os.read(): a read from a terminal cannot be interrupted, so this thread may still be
+    waiting when the program exits, and unlike sys.stdin a raw read holds no lock that
+    the interpreter needs at exit. It is the one thread in the workbook left unjoined.
+    """
+    ended = threading.Event()
+    echo = None if os.isatty(fd) else echo
+
+    def relay() -> None:
+        pending = b""
+        with contextlib.suppress(OSError):
+            while data := os.read(fd, RECV_SIZE):
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    text = line.removesuffix(b"\r").decode("utf-8", errors="replace")
+                    if echo is not None:
+                        echo(text)
+                    client.say(text)
+            if pending:
+                client.say(pending.decode("utf-8", errors="replace"))
+            ended.set()
+            client.sock.shutdown(socket.SHUT_WR)   # "I have nothing more to say"
+
+    threading.Thread(target=relay, name="stdin-relay", daemon=True).start()
+    return ended
+
+
+def converse(client: LineClient, console: Console, goodbye: str = chat.BYE) -> int:
+    """A person's session: send what is typed (or piped), show what arrives, until the server
+    closes. Returns 0 if it ended as asked (``goodbye`` received, or the input ran out),
+    else prints why and returns 1. Exits at once when the server closes: no Enter needed."""
+    typed = relay_stdin(client, echo=functools.partial(show_typed, console))
+    last = ""
+    while True:
+        try:
+            last = client.next_line()
+        except TimeoutError:   # a quiet room
+            continue
+        except ConnectionClosed as closed:
+            if last == goodbye or typed.is_set():
+                return 0
+            console.print(Text(f"{closed} (its last words: {last or 'none'})", style="bold red"))
+            return 1
+        show(console, last)
+
+
+def show_typed(console: Console, line: str) -> None:
+    """Print a line read from a pipe as it is sent, so the output reads as a conversation."""
+    console.print(Text.assemble(("you", "bold green"), ": ", line))
+
+
+def show(console: Console, line: str) -> None:
+    """Print a line from a server: notices dim, errors red, a message's name in colour."""
+    if not isinstance(line, Skipped):
+        line = chat.clean(line.encode("utf-8"))   # trust no server with our terminal either
+    if isinstance(line, Skipped) or line.startswith("* "):
+        console.print(Text(line, style="dim italic"))
+    elif line.startswith("! "):
+        console.print(Text(line, style="bold red"))
+    else:
+        name, _, text = line.partition(": ")
+        console.print(Text.assemble((name, "bold cyan"), ": ", text))
