@@ -1,6 +1,8 @@
 """Answers to lesson 03's exercises."""
 from __future__ import annotations
 
+import threading
+
 
 def private_message(room, sender, line: str) -> str:
     """Handle "/msg NAME TEXT": deliver "SENDER (private): TEXT" to NAME only.
@@ -19,25 +21,29 @@ def private_message(room, sender, line: str) -> str:
         return f"! no such user: {name}"
     # The key step: put the line in the target's outbox only. Its writer thread
     # sends it, so we never block on the target, just as a broadcast doesn't.
+    # put() is False if the target is too slow, or leaving (its outbox is closed).
     if not target.outbox.put(f"{sender.name} (private): {text}"):
-        return f"! {target.name} is not keeping up; message not sent"
+        return f"! {target.name} is leaving or not keeping up; not sent"
     return f"* sent to {target.name}"
     ### END SOLUTION
 
 
-def broadcast(clients: list, message: bytes, sender) -> None:
+def broadcast(clients: list, lock: threading.Lock, message: bytes, sender) -> None:
     """Send message to every socket in clients except sender.
 
-    A client whose socket fails (it reset or vanished) is closed and removed
-    from clients; every other client still gets the whole message.
+    Other threads add and remove clients while this runs, holding lock when
+    they change the list. A client whose socket fails (it reset or vanished)
+    is closed and removed; every other client still gets the whole message.
     """
     ### BEGIN SOLUTION
-    for client in list(clients):            # iterate over a copy: we may remove from the list
-        if client is sender:
-            continue
+    with lock:                              # the key step: read the list only under the lock
+        others = [c for c in clients if c is not sender]
+    for client in others:                   # send outside it: a slow client blocks no join
         try:
             client.sendall(message)         # sendall: send() may take only part
         except OSError:                     # only network errors; a bug should still show
             client.close()
-            clients.remove(client)
+            with lock:
+                if client in clients:       # its own thread may have removed it already
+                    clients.remove(client)
     ### END SOLUTION

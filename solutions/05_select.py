@@ -1,9 +1,7 @@
 """Answer to lesson 05's exercise: lesson 03's chat on a single-threaded selectors server."""
 from __future__ import annotations
 
-import importlib
-
-chat = importlib.import_module("lessons.03_chat")
+from lessons.kit import chat
 
 
 class SelectorChat:

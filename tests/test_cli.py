@@ -7,9 +7,7 @@ import pytest
 
 from lessons.kit import adversary
 from lessons.kit.processes import ServerProcess
-from tests.conftest import lesson, run_module
-
-chat = lesson("03_chat")
+from tests.conftest import run_module
 
 LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select", "06_udp", "07_scaling"]
 DEMOS = [name for name in LESSONS if name != "07_scaling"]   # 07's default is the full lab: see its tests
@@ -89,31 +87,6 @@ def test_serve_on_a_port_in_use_fails_clearly():
         result = run_module("lessons.02_echo", "serve", "--port", str(port))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_chat_client_with_piped_stdin():
-    with ServerProcess.lesson("03_chat") as served:
-        with chat.ChatClient(served.address, "alice") as alice:
-            result = run_module("lessons.03_chat", "client", "--name", "bob", "--port", str(served.port),
-                                input="hi alice\n/who\n/quit\n")
-            assert result.returncode == 0, result.stderr
-            assert alice.expect("bob: hi alice")[0] == "* bob joined"
-            assert alice.next_line() == "* bob left"
-        lines = result.stdout.splitlines()
-        assert "you: hi alice" in lines
-        assert "* online: alice, bob" in lines
-        assert lines[-1] == "* bye"
-        code, err = served.stop()
-    assert code == 0 and "Traceback" not in err
-
-
-def test_chat_client_stdin_ending_without_quit_leaves_cleanly():
-    with ServerProcess.lesson("03_chat") as served:
-        result = run_module("lessons.03_chat", "client", "--name", "carol", "--port", str(served.port),
-                            input="just one line\n", timeout=15)
-        assert result.returncode == 0, result.stderr
-        code, err = served.stop()
-    assert code == 0
 
 
 @pytest.mark.parametrize("name, extra", [("04_nonblocking", []), ("05_select", []), ("07_scaling", []),

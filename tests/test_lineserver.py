@@ -4,12 +4,12 @@ from __future__ import annotations
 import socket
 import time
 
-from lessons.kit import running
+from lessons.kit import chat, running
+from lessons.kit.lineclient import ChatClient
 from lessons.kit.lineserver import serve_lines
 from lessons.kit.transcript import ERROR
-from tests.conftest import lesson, solution
+from tests.conftest import solution
 
-chat = lesson("03_chat")
 SelectorChat = solution("05_select").SelectorChat
 
 
@@ -26,8 +26,8 @@ def test_a_handler_bug_costs_one_client_not_the_server():
                 raise KeyError("bug")
             super().line(client, text)
 
-    with room(Fragile()) as server, chat.ChatClient(server.address, "alice") as alice, \
-            chat.ChatClient(server.address, "bob") as bob:
+    with room(Fragile()) as server, ChatClient(server.address, "alice") as alice, \
+            ChatClient(server.address, "bob") as bob:
         alice.expect("* bob joined")
         bob.say("boom")
         assert bob.wait_closed(2)
@@ -39,8 +39,8 @@ def test_a_handler_bug_costs_one_client_not_the_server():
 
 
 def test_a_client_that_never_reads_is_disconnected_and_the_room_goes_on():
-    with room(SelectorChat()) as server, chat.ChatClient(server.address, "talker") as talker, \
-            chat.ChatClient(server.address, "listener") as listener, \
+    with room(SelectorChat()) as server, ChatClient(server.address, "talker") as talker, \
+            ChatClient(server.address, "listener") as listener, \
             socket.create_connection(server.address, timeout=5) as sleepy:
         sleepy.sendall(b"sleepy\n")
         talker.expect("* sleepy joined")
@@ -60,7 +60,7 @@ def test_a_client_that_never_reads_is_disconnected_and_the_room_goes_on():
 
 
 def test_a_long_line_is_refused_and_closed():
-    with room(SelectorChat()) as server, chat.ChatClient(server.address, "x") as x:
+    with room(SelectorChat()) as server, ChatClient(server.address, "x") as x:
         x.send_raw(b"y" * 5000 + b"\n")
         assert x.next_line() == "! line too long"
         assert x.wait_closed(2)

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import socket
 import threading
 
-from lessons.kit.adversary import abort
 from lessons.exercises import Exercise
+from lessons.kit import chat
+from lessons.kit.adversary import abort
 from lessons.kit.check import Outcome, check, describe, scenario
+from lessons.kit.lineclient import ChatClient
 from lessons.kit.lineserver import serve_lines
 from lessons.kit.server import running
 from lessons.kit.transcript import ERROR
-
-chat = importlib.import_module("lessons.03_chat")
-ChatClient = chat.ChatClient
 
 
 class NaiveSelectorChat:
