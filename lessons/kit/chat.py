@@ -93,9 +93,10 @@ def encode(line: str) -> bytes:
 def clean(raw: bytes) -> str:
     """Decode a line, drop what could attack or fool someone else's screen, cap its size."""
     text = ANSI_ESCAPE.sub("", raw.decode("utf-8", errors="replace")).translate(AS_SPACE)
-    parts = FLAG.split(text)   # odd-numbered parts are whole flag sequences: keep them
-    text = "".join(part if i % 2 else "".join(filter(shows_safely, part))
-                   for i, part in enumerate(parts))
+    if not text.isprintable():     # something to look at, one character at a time
+        parts = FLAG.split(text)   # odd-numbered parts are whole flag sequences: keep them
+        text = "".join(part if i % 2 else "".join(filter(shows_safely, part))
+                       for i, part in enumerate(parts))
     return fit(text, MAX_TEXT)
 
 
