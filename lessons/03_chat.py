@@ -98,20 +98,22 @@ def naive_chat_server(listener, stop, log, clients=None):   # (ours) its receive
         log.record(SERVER, ACCEPT, f"client {len(threads) + 1}")  # (ours) instead of print()
 
         clients.append(client)
-        thread = threading.Thread(target=recording_crashes, args=(log, handle, client),
-                                  daemon=True)      # (ours) target=handle: a crash is recorded
+        thread = threading.Thread(target=recorded(handle, log), args=(client,))   # (ours)
+        thread.daemon = True                        # (ours) and recorded(): no crash printed
         thread.start()
         threads.append(thread)                      # (ours)
     for thread in threads:                          # (ours) leave no thread behind
-        thread.join(JOIN_TIMEOUT)
+        thread.join(JOIN_TIMEOUT)                   # (ours)
 
 
-def recording_crashes(log: Transcript, target, *args) -> None:
-    """Run target(*args); an exception that escapes is recorded, not printed by the thread."""
-    try:
-        target(*args)
-    except Exception as exc:
-        log.record(SERVER, ERROR, detail=f"thread crashed: {type(exc).__name__}")
+def recorded(target, log: Transcript):
+    """target, wrapped so that an exception escaping it is recorded, not printed by its thread."""
+    def run(*args):
+        try:
+            target(*args)
+        except Exception as exc:
+            log.record(SERVER, ERROR, detail=f"thread crashed: {type(exc).__name__}")
+    return run
 
 
 # --- Cleaning what people send, and names that cannot pass for another. ---

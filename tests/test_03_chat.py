@@ -1,211 +1,143 @@
-"""Lesson 03: the chat room's protocol, its robustness, and the naive server's failures."""
+"""Lesson 03 only: the tutorial's server and its real bugs, the Outbox, the threads, the command line.
+The protocol and the room's robustness are tested for every room in test_chat_rooms.py."""
 from __future__ import annotations
 
+import functools
+import inspect
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from lessons.kit import adversary, running
-from tests.conftest import lesson
+from lessons.kit import adversary, chat as protocol, running
+from lessons.kit.lineclient import ChatClient
+from lessons.kit.processes import ServerProcess
+from lessons.kit.stream import read_lines
+from tests.conftest import ROOT, lesson, run_module
 
 chat = lesson("03_chat")
-ChatClient = chat.ChatClient
 
 
-@pytest.fixture
-def room():
+# --- The tutorial's server, run as written ---
+
+def connect_three(server, clients):
+    """alice, bob, carol, each accepted before the next connects (so clients is in that order)."""
+    socks = []
+    for n in range(1, 4):
+        socks.append(socket.create_connection(server.address, timeout=2))
+        server.log.wait_for_event("server", "accept", count=n)
+    deadline = time.monotonic() + 2
+    while len(clients) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return socks
+
+
+def test_a_client_that_leaves_is_never_removed_and_its_thread_spins():
+    clients: list = []
+    with running(functools.partial(chat.naive_chat_server, clients=clients)) as server:
+        alice, bob, carol = connect_three(server, clients)
+        with alice, carol:
+            start = time.process_time()
+            time.sleep(0.5)
+            idle = time.process_time() - start
+            bob.close()                          # an ordinary goodbye: FIN, recv() -> b''
+            start = time.process_time()
+            time.sleep(0.5)
+            spinning = time.process_time() - start
+            assert len(clients) == 3 and clients[1].fileno() != -1   # bob is still "here"
+            assert spinning > max(0.05, 2 * idle)   # broadcasting b'' in a loop, as fast as it can
+
+
+def test_a_sender_is_thrown_out_because_a_receiver_left():
+    clients: list = []
+    with running(functools.partial(chat.naive_chat_server, clients=clients)) as server:
+        alice, bob, carol = connect_three(server, clients)
+        server_side = list(clients)
+        with alice, carol:
+            bob.close()
+            time.sleep(0.1)
+            alice.sendall(b"one\n")              # reaches carol; bob's kernel answers with RST
+            assert carol.recv(100) == b"one\n"
+            time.sleep(0.1)
+            alice.sendall(b"two\n")              # send() to bob fails in ALICE's thread...
+            assert alice.recv(100) == b""        # ...whose bare except closes alice
+            carol.settimeout(0.3)
+            with pytest.raises(socket.timeout):  # and carol, after bob in the list, never gets it
+                carol.recv(100)
+            assert clients == [server_side[1], server_side[2]]   # bob (gone) stays, alice is out
+
+
+def test_one_recv_is_not_one_line_so_two_senders_garble_each_other():
+    clients: list = []
+    with running(functools.partial(chat.naive_chat_server, clients=clients)) as server:
+        alice, bob, carol = connect_three(server, clients)
+        with alice, bob, carol:
+            alice.sendall(b"hello, every")       # alice pauses mid-line...
+            assert carol.recv(100) == b"hello, every"
+            bob.sendall(b"bob here\n")           # ...bob speaks...
+            assert carol.recv(100) == b"bob here\n"
+            alice.sendall(b"one\n")              # ...alice finishes
+            assert carol.recv(100) == b"one\n"
+    # What carol's screen shows, line by line:
+    assert b"hello, every" + b"bob here\n" + b"one\n" == b"hello, everybob here\none\n"
+
+
+def test_the_naive_server_stalls_behind_a_slow_reader():
+    with running(chat.naive_chat_server) as server:
+        result = adversary.talk_past_a_sleeper(server.address)
+    assert result == {"listener got every message": False, "talker was blocked": True,
+                      "sleepy was dropped": False}
+
+
+def test_the_naive_listing_is_the_tutorials():
+    """Every line of the tutorial's server is in ours, in order, apart from those marked (ours)."""
+    places = [up / "shared" / "seed" / "000_dc65efe78563428a.txt" for up in ROOT.parents[:2]]
+    seed = next((place for place in places if place.exists()), None)
+    if seed is None:
+        pytest.skip("the tutorial's text (shared/seed) is not beside the repository")
+    text = seed.read_text(encoding="utf-8")
+    tutorial = text[text.index("clients = []"):text.index('if __name__ == "__main__":')]
+    ours = [line.strip() for line in inspect.getsource(chat.naive_chat_server).splitlines()
+            if "# (ours)" not in line and line.strip()]
+    theirs = [line.strip() for line in tutorial.splitlines() if line.strip()]
+    changed = {"clients = []", "def receive():",   # a fresh list per run; the function's name
+               "server_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+               "server_socket.bind(('localhost', 9999))", "server_socket.listen()",
+               "while True:", "client, addr = server_socket.accept()",
+               'print(f"Connected with {str(addr)}")',
+               "thread = threading.Thread(target=handle, args=(client,))"}
+    assert [line for line in theirs if line not in changed] == ours
+
+
+# --- The room's parts ---
+
+def test_a_closed_outbox_refuses_lines():
+    box = chat.Outbox(limit=100)
+    assert box.put("hello") and not box.put("x" * 200)      # full: that client is too slow
+    box.close()
+    assert not box.put("too late")                          # leaving: /msg must not say "sent"
+    assert box.take_all() == b"hello\n" and box.take_all() is None
+
+
+def test_every_line_sent_is_bounded():
+    assert len(protocol.encode("é" * 10_000)) == protocol.MAX_SEND + 1   # + its newline
+    assert protocol.who_line([f"name{i:04d}" for i in range(2000)]).endswith(" more")
+
+
+def test_the_room_holds_what_the_descriptors_allow(monkeypatch):
+    members, waiting = protocol.room_limits(256)             # macOS's default limit
+    assert members + waiting + protocol.RESERVED_FDS <= 256
+    monkeypatch.setattr(chat, "fd_limit", lambda: protocol.RESERVED_FDS + 6)   # room for 6
     with running(chat.serve) as server:
-        yield server
-
-
-def test_greeting_name_and_welcome(room):
-    with ChatClient(room.address) as c:
-        assert c.greeting == chat.GREETING
-        c.say("alice")
-        assert c.next_line().startswith("* welcome, alice!")
-
-
-@pytest.mark.parametrize("bad", ["", "two words", "x" * 33, "tab\there"])
-def test_invalid_names_are_refused_and_may_be_retried(room, bad):
-    with ChatClient(room.address) as c:
-        c.say(bad)
-        assert c.next_line().startswith("! ")
-        c.say("fine")
-        assert c.next_line().startswith("* welcome, fine!")
-
-
-def test_a_taken_name_is_refused_case_insensitively(room):
-    with ChatClient(room.address, "alice"), ChatClient(room.address) as second:
-        second.say("ALICE")
-        assert second.next_line() == "! that name is taken; try another"
-        second.say("alice2")
-        assert second.next_line().startswith("* welcome")
-
-
-def test_messages_go_to_everyone_else_with_joins_and_leaves(room):
-    with ChatClient(room.address, "alice") as a, ChatClient(room.address, "bob") as b:
-        assert a.next_line() == "* bob joined"
-        a.say("hello")
-        assert b.next_line() == "alice: hello"
-        b.say("hi\r")                       # \r\n line ends are accepted
-        assert a.next_line() == "bob: hi"
-        b.say("/quit")
-        assert b.next_line() == "* bye"
-        assert b.wait_closed(2)
-        assert a.next_line() == "* bob left"
-        assert a.received.empty()           # nobody gets their own message back
-        assert b.received.empty()
-
-
-def test_who_and_unknown_commands(room):
-    with ChatClient(room.address, "zed") as z, ChatClient(room.address, "Amy") as a, \
-            ChatClient(room.address, "bob"):
-        z.say("/who")
-        assert z.expect("* online: Amy, bob, zed")
-        a.say("/dance")
-        assert a.expect("! unknown command")[:-1] == ["* bob joined"]
-
-
-def test_a_line_too_long_is_refused_and_the_connection_closed(room):
-    with ChatClient(room.address, "alice") as a, ChatClient(room.address, "spammer") as s:
-        a.expect("* spammer joined")
-        s.send_raw(b"x" * 4096 + b"\n")     # exactly the limit is fine
-        assert a.next_line() == "spammer: " + "x" * 4096
-        s.send_raw(b"y" * 5000 + b"\n")
-        assert s.expect("! line too long")
-        assert s.wait_closed(2)
-        assert a.next_line() == "* spammer left"
-
-
-def test_a_line_that_never_ends_is_cut_off(room):
-    with ChatClient(room.address, "endless") as e:
-        e.send_raw(b"z" * 10_000)           # no newline at all
-        assert e.expect("! line too long")
-        assert e.wait_closed(2)
-
-
-def test_invalid_utf8_is_replaced_and_escapes_are_stripped(room):
-    with ChatClient(room.address, "alice") as a, ChatClient(room.address) as m:
-        m.send_raw(b"mal\x1b[31mlory\x07\n")
-        assert m.next_line().startswith("* welcome, mallory!")
-        assert a.next_line() == "* mallory joined"
-        m.send_raw(b"caf\xc3 \xff\n")
-        assert a.next_line() == "mallory: caf\ufffd \ufffd"
-        m.send_raw(b"\x1b]0;owned\x07\x1b[2J\x1b[1;1Hclear\x00\x08 \xe2\x80\xaeevil\r\n")
-        line = a.next_line()
-        assert line == "mallory: clear evil"
-        assert not any(ord(ch) < 32 or ch == "\x7f" for ch in line)
-
-
-def test_a_client_that_never_reads_does_not_stall_the_room(room):
-    payload = "p" * 4000
-    most = 16_000           # 64 MB at most: far more than a silent client's buffers and outbox hold
-    noticed = threading.Event()
-    sent = []
-    with ChatClient(room.address, "talker") as t, ChatClient(room.address, "listener") as listener, \
-            socket.create_connection(room.address, timeout=5) as sleepy:
-        sleepy.sendall(b"sleepy\n")          # joins, then never reads again
-        t.expect("* sleepy joined")
-        listener.expect("* sleepy joined")
-
-        def talk():
-            for i in range(most):
-                if noticed.is_set():
-                    break
-                t.say(f"{i} {payload}")
-                sent.append(i)
-
-        talker = threading.Thread(target=talk)
-        talker.start()
+        members, waiting = protocol.room_limits(protocol.RESERVED_FDS + 6)
+        clients = [ChatClient(server.address, f"p{i}") for i in range(members)]
         try:
-            got = 0
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not (noticed.is_set() and not talker.is_alive() and got == len(sent)):
-                line = listener.next_line()
-                if line == "* sleepy left (too slow to keep up)":
-                    noticed.set()
-                else:
-                    assert line == f"talker: {got} {payload}", "lost or out of order"
-                    got += 1
-        finally:
-            noticed.set()
-            talker.join(10)
-        assert noticed.is_set() and got == len(sent) > 0
-    assert room.errors == []
-
-
-def test_resets_in_the_middle_of_a_broadcast(room):
-    with ChatClient(room.address, "talker") as t, ChatClient(room.address, "witness") as w:
-        t.expect("* witness joined")
-        stop = threading.Event()
-
-        def talk():
-            i = 0
-            while not stop.is_set():
-                t.say(f"message {i}")
-                i += 1
-                time.sleep(0.001)
-
-        talker = threading.Thread(target=talk)
-        talker.start()
-        try:
-            for n in range(30):    # clients join and vanish with RST while messages fly
-                sock = socket.create_connection(room.address, timeout=5)
-                sock.sendall(f"ghost{n}\n".encode())
-                time.sleep(0.005)
-                adversary.abort(sock)
-        finally:
-            stop.set()
-            talker.join(5)
-        # The witness saw the talker's messages in order, none missing.
-        t.say("/who")
-        assert t.expect("* online: talker, witness")
-        numbers = []
-        while True:
-            line = w.next_line()
-            if line.startswith("talker: message "):
-                numbers.append(int(line.rsplit(" ", 1)[1]))
-            if numbers and line == "talker: message " + str(numbers[-1]) and w.received.empty():
-                try:
-                    line = w.next_line(timeout=0.5)
-                    if line.startswith("talker: message "):
-                        numbers.append(int(line.rsplit(" ", 1)[1]))
-                        continue
-                except TimeoutError:
-                    break
-        assert numbers == list(range(len(numbers))) and len(numbers) > 10
-        assert room.errors == []
-
-
-def test_two_hundred_clients_fifty_messages_each():
-    clients_n, messages = 200, 50
-    with running(chat.serve) as server:
-        clients = [ChatClient(server.address, f"c{i}", timeout=20) for i in range(clients_n)]
-        try:
-            # Let every join announcement arrive first, so only messages follow.
-            for i, c in enumerate(clients):
-                c.expect(f"* c{clients_n - 1} joined") if i < clients_n - 1 else None
-            senders = [threading.Thread(target=lambda c=c: [c.say(f"m{j}") for j in range(messages)])
-                       for c in clients]
-            for s in senders:
-                s.start()
-            for s in senders:
-                s.join(30)
-            expected_each = (clients_n - 1) * messages
-            for i, c in enumerate(clients):
-                last_seen = {}
-                for _ in range(expected_each):
-                    line = c.next_line()
-                    name, _, text = line.partition(": ")
-                    assert name != f"c{i}", "a client got its own message back"
-                    number = int(text[1:])
-                    assert number == last_seen.get(name, -1) + 1, f"{line!r} out of order at c{i}"
-                    last_seen[name] = number
-                assert len(last_seen) == clients_n - 1
-                assert all(v == messages - 1 for v in last_seen.values())
-                assert c.received.empty()
+            with ChatClient(server.address) as late:
+                assert late.greeting == chat.ROOM_FULL
         finally:
             for c in clients:
                 c.close()
@@ -217,31 +149,92 @@ def test_shutdown_joins_every_thread():
         clients = [ChatClient(server.address, f"p{i}") for i in range(20)]
         clients[0].say("hello")
         clients[-1].expect("p0: hello")
-        assert threading.active_count() >= before + 40
+        assert threading.active_count() >= before + 60   # reader and writer per client, + ours
     for c in clients:
         assert c.wait_closed(5)   # the server closed every connection
         c.close()
     assert threading.active_count() == before
 
 
-def test_the_naive_server_stalls_behind_a_slow_reader():
-    with running(chat.naive_chat_server) as server:
-        result = chat.talk_past_a_sleeper(server.address)
-    assert result == {"listener got every message": False, "talker was blocked": True,
-                      "sleepy was dropped": False}
+def test_the_lesson_and_the_kit_speak_the_same_protocol():
+    for name in ("MAX_LINE", "MAX_TEXT", "MAX_SEND", "MAX_NAME", "IDLE_TIMEOUT", "NAMING_TIMEOUT",
+                 "GREETING", "TAKEN", "ROOM_FULL", "BYE", "UNKNOWN", "TOO_LONG"):
+        assert getattr(chat, name) == getattr(protocol, name), name
 
 
-def test_the_fixed_server_drops_the_slow_reader_and_carries_on(room):
-    result = chat.talk_past_a_sleeper(room.address)
-    assert result == {"listener got every message": True, "talker was blocked": False,
-                      "sleepy was dropped": True}
+# --- The command line ---
+
+def chat_client(port: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lessons.03_chat", "client", "--port", str(port), *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin",
+                                                      "PYTHONWARNINGS": "error::ResourceWarning"})
 
 
-def test_the_naive_server_spins_on_a_vanished_client():
-    with running(chat.naive_chat_server) as server:
-        gone = socket.create_connection(server.address, timeout=5)
-        time.sleep(0.1)
-        adversary.abort(gone)
-        time.sleep(0.3)
-        swallowed = [e for e in server.log.events() if e.kind == "error"]
-        assert len(swallowed) > 100     # the bare except loops on the dead socket
+def test_the_client_talks_and_leaves_at_once_on_quit():
+    with ServerProcess.lesson("03_chat") as served, ChatClient(served.address, "alice") as alice:
+        person = chat_client(served.port, "--name", "bob")
+        person.stdin.write("hi alice\n/who\n/quit\n")
+        person.stdin.flush()                     # and stdin stays open, as at a keyboard
+        try:
+            assert person.wait(15) == 0          # "* bye" and the server's close end it at once
+        finally:
+            person.kill()
+            out, err = person.communicate()
+        assert alice.expect("bob: hi alice")[0] == "* bob joined"
+        assert alice.next_line() == "* bob left"
+    lines = out.splitlines()
+    assert "you: hi alice" in lines and "* online: alice, bob" in lines and lines[-1] == "* bye"
+    assert "Traceback" not in err
+
+
+def test_a_taken_name_lets_the_person_try_another():
+    with ServerProcess.lesson("03_chat") as served, ChatClient(served.address, "bob") as bob:
+        result = run_module("lessons.03_chat", "client", "--name", "BOB", "--port", str(served.port),
+                            input="bob2\nhello\n/quit\n", timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert protocol.TAKEN in result.stdout and "* welcome, bob2!" in result.stdout
+        assert bob.expect("bob2: hello")
+
+
+def test_the_client_says_why_when_the_server_goes_away():
+    served = ServerProcess.lesson("03_chat")
+    with served:
+        person = chat_client(served.port, "--name", "carol")
+        time.sleep(0.5)                          # carol is in, waiting at her keyboard
+        code, _ = served.stop(signal.SIGTERM)
+    try:
+        assert person.wait(15) == 1              # no Enter needed
+    finally:
+        person.kill()
+        out, err = person.communicate()
+    assert "the server closed the connection" in out + err and "Traceback" not in err
+
+
+def test_the_client_leaves_cleanly_when_its_input_ends():
+    with ServerProcess.lesson("03_chat") as served:
+        result = run_module("lessons.03_chat", "client", "--name", "carol", "--port", str(served.port),
+                            input="just one line\n", timeout=15)
+        assert result.returncode == 0, result.stderr
+        code, err = served.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--idle-timeout", "-1", "must be 0 (never) or more than 0"),
+    ("--idle-timeout", "nan", "must be 0 (never) or more than 0"),
+    ("--naming-timeout", "0", "must be more than 0"),
+    ("--naming-timeout", "inf", "must be more than 0"),
+])
+def test_serve_refuses_absurd_timeouts(option, value, message):
+    result = run_module("lessons.03_chat", "serve", option, value)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_with_an_idle_timeout_drops_a_silent_member():
+    with ServerProcess.lesson("03_chat", "--idle-timeout", "0.5") as served, \
+            ChatClient(served.address, "quiet") as quiet, ChatClient(served.address, "chatty") as chatty:
+        quiet.expect("* chatty joined")
+        chatty.say("")                            # still here
+        assert quiet.expect(protocol.IDLE_BYE, timeout=5)
+        assert quiet.wait_closed(2)
