@@ -198,11 +198,10 @@ def test_a_taken_name_lets_the_person_try_another():
 
 
 def test_the_client_says_why_when_the_server_goes_away():
-    served = ServerProcess.lesson("03_chat")
-    with served:
+    with ServerProcess.lesson("03_chat") as served, ChatClient(served.address, "watcher") as watcher:
         person = chat_client(served.port, "--name", "carol")
-        time.sleep(0.5)                          # carol is in, waiting at her keyboard
-        code, _ = served.stop(signal.SIGTERM)
+        watcher.expect("* carol joined", timeout=15)   # carol is in, waiting at her keyboard
+        served.stop(signal.SIGTERM)
     try:
         assert person.wait(15) == 1              # no Enter needed
     finally:

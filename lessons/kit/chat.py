@@ -132,7 +132,7 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
-def name_problem(name: str) -> Optional[str]:
+def name_problem(name: str) -> str | None:
     """Why a cleaned name cannot be used, as the line to send back; None if it can."""
     if not 1 <= len(name) <= MAX_NAME:
         return NAME_LENGTH
