@@ -68,7 +68,8 @@ def test_a_sender_is_thrown_out_because_a_receiver_left():
             carol.settimeout(0.3)
             with pytest.raises(socket.timeout):  # and carol, after bob in the list, never gets it
                 carol.recv(100)
-            assert clients == [server_side[1], server_side[2]]   # bob (gone) stays, alice is out
+            assert server_side[0] not in clients and server_side[2] in clients   # alice is out
+            # (bob may be gone too, or not: his spinning thread races alice's, with no lock)
 
 
 def test_one_recv_is_not_one_line_so_two_senders_garble_each_other():
