@@ -8,7 +8,7 @@ import pytest
 from lessons.exercises import ex01
 from lessons.kit import adversary, running
 from lessons.kit.transcript import Transcript
-from tests.conftest import lesson, solution
+from tests.conftest import lesson
 
 basics = lesson("01_basics")
 HELLO = basics.GREETING.decode().strip()
@@ -94,16 +94,11 @@ def test_the_wrong_answers_are_declared_for_both_exercises():
 
 
 @pytest.mark.parametrize("name, caught_by", [
-    ("fetch_greeting", {"a greeting that arrives in pieces", "nobody listening", "a server that never speaks"}),
+    ("fetch_greeting", {"a greeting that arrives in pieces", "nobody listening",
+                        "a server that never speaks"}),
     ("make_listener", {"restart on the same port"}),
 ])
 def test_the_tutorials_code_fails_where_the_lesson_says(name, caught_by, capsys):
     result = getattr(ex01, f"check_{name}")(getattr(ex01, f"naive_{name}"))
     failed = {text[2:].split(":")[0] for ok, text in result.lines if not ok}
     assert caught_by <= failed, capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", ["fetch_greeting", "make_listener"])
-def test_the_answer_passes_every_scenario(name, capsys):
-    result = getattr(ex01, f"check_{name}")(getattr(solution("01_basics"), name))
-    assert result.ok and result.total >= 3, capsys.readouterr().out

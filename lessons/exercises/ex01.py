@@ -104,8 +104,8 @@ def _refused(fn, guard):
 
 @scenario("fetch_greeting(host, silent_port, timeout=0.5)", "'timeout'")
 def _silent(fn, guard):
-    # The silent server hangs up after 2 s, so code with no timeout ends too.
-    with silent_server(hold=2.0) as (host, port):
+    # The silent server hangs up after 1 s, so code with no timeout ends too.
+    with silent_server(hold=1.0) as (host, port):
         return expect_value("fetch_greeting(host, silent_port, timeout=0.5)", "timeout",
                             lambda: fn(host, port, timeout=0.5))
 
