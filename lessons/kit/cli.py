@@ -31,6 +31,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from .server import BackgroundServer, bound_socket
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
@@ -194,7 +195,7 @@ def _format_address(address: tuple) -> str:
 
 
 def _log_live(event: Event) -> None:
-    from rich.text import Text   # a Text, not markup: a client's name may contain "[bold]"
+    # A Text, not markup: a client's name may contain "[bold]".
     who = f"{event.who}: " if event.who and event.kind != "accept" else ""
     stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 
