@@ -1,6 +1,7 @@
 """The sequence diagram: what it draws between the lanes, and that it is the same every time."""
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -161,6 +162,14 @@ def test_a_real_echo_and_its_display_in_jupyter(tmp_path):
     assert diagram.svg == sequence_diagram(log.ordered(), title="echo, one client").svg
     root, rows, lanes, arrows, texts = read(diagram._repr_svg_())
     assert sorted(a[0] for a in arrows) == ["data", "data", "fin", "fin", "handshake"]
-    assert repr(diagram) == ("<sequence diagram 'echo, one client': client | server; 12 events; "
-                             "arrows: 2 data, 1 handshake, 2 fin>")
+    summary = "<sequence diagram 'echo, one client': client | server; 12 events; arrows: 2 data, 1 handshake, 2 fin>"
+    assert repr(diagram) == summary
     assert diagram.save(tmp_path / "echo.svg").read_text(encoding="utf-8") == diagram.svg
+    # What a notebook stores: the SVG, the same picture as an <img> (what an untrusted
+    # JupyterLab shows), and the one-line summary.
+    from IPython.core.formatters import DisplayFormatter
+    bundle, _ = DisplayFormatter().format(diagram)
+    assert sorted(bundle) == ["image/svg+xml", "text/html", "text/plain"]
+    assert bundle["text/plain"] == summary and bundle["image/svg+xml"] == diagram.svg
+    encoded = base64.b64encode(diagram.svg.encode()).decode()
+    assert bundle["text/html"].startswith(f'<img src="data:image/svg+xml;base64,{encoded}" width="900"')

@@ -11,19 +11,22 @@ connect o---- handshake ------>o  accept client 1
         o<---- 11 bytes -------o  send 11 bytes
  recv   o<------- FIN ---------o  close
 
-Arrows: data (a send to the recv(s) that got its bytes), the handshake
-(connect to accept), FIN (shutdown or close to the peer's EOF), RST in red (an
-error such as ConnectionResetError), and a dashed orange bracket where a UDP
-client waited for a reply and timed out. Notes are boxes on their lane.
+Arrows: data (a send to the recv(s) that got its bytes, or one datagram to
+its recv), the handshake (connect to accept), FIN (shutdown or close to the
+peer's EOF), RST in red (an error such as ConnectionResetError). An orange
+clock marks a timeout: an error such as TimeoutError, or a UDP client sending
+again after waiting in vain (lesson 06's "try 1, then wait up to 0.5 s").
+Notes are yellow boxes on their lane; row numbers are the table's numbers.
 
 A side that recorded nothing but that the other side talked to (the chat
 clients of lesson 03, seen only from the server) is drawn as a dashed lane
 marked "not recorded"; its arrows are inferred from the recorded side.
 
 The SVG is plain SVG 1.1 with inline attributes, no ids, scripts or CSS, a
-white background (readable in dark themes), integer coordinates and fixed
-sizes, so the same events give the same bytes everywhere: nbval compares it
-as text.
+white background (readable in dark themes), fixed sizes, and coordinates that
+are integers or computed with + - * / and sqrt only (exactly rounded in IEEE
+754), so the same events give the same bytes on every machine: nbval compares
+it as text.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ STYLE = {  # arrow kind: (colour, width, dash pattern, legend text)
     "handshake": ("#2b8a3e", 2, "", "handshake"),
     "fin": ("#5f3dc4", 2, "7 4", "FIN (no more data)"),
     "rst": ("#e03131", 3, "", "RST (reset)"),
-    "timeout": ("#e8590c", 2, "3 3", "timed out"),
+    "timeout": ("#e8590c", 2, "", "timed out"),   # drawn as a clock, not an arrow
 }
 NOTE_FILL, NOTE_EDGE = "#fff9db", "#e0b100"
 
@@ -121,12 +124,17 @@ def sequence_diagram(events, title: str = "transcript", max_rows: int = 60,
     if hasattr(events, "ordered"):
         events = events.ordered()
     events = list(events)
+    max_rows = max(2, max_rows)
     if datagrams is None:
         datagrams = not any(e.kind in (CONNECT, ACCEPT, "listen") for e in events)
     lanes, lane_of, peer_of = _lanes(events)
     arrows, timeouts = _pair(events, lane_of, peer_of, datagrams)
     svg, height = _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts)
-    return SequenceDiagram(svg, _summary(events, title, lanes, arrows), WIDTH, height)
+    counts = collections.Counter(a.kind for a in arrows)
+    summary = (f"<sequence diagram {title!r}: {' | '.join(lane.title for lane in lanes)}; "
+               f"{len(events)} events; arrows: "
+               f"{', '.join(f'{counts[k]} {k}' for k in STYLE if counts[k]) or 'none'}>")
+    return SequenceDiagram(svg, summary, WIDTH, height)
 
 
 # --- Who is on which lane. ---
@@ -379,26 +387,20 @@ class _Canvas:
         self.line(x - 5, y + 5, x + 5, y - 5, color, 2)
 
 
-def _short_of(x1, y1, x2, y2, gap: int) -> tuple[float, float]:
-    """(x2, y2) moved gap pixels back towards (x1, y1), rounded to one decimal."""
-    dx, dy = x2 - x1, y2 - y1
-    length = math.sqrt(dx * dx + dy * dy) or 1.0
-    return round(x2 - dx * gap / length, 1), round(y2 - dy * gap / length, 1)
-
-
-def _arrowhead(x1, y1, x2, y2, size: int = 9) -> str:
-    """The three points of a head at (x2, y2). Only + - * / and sqrt: exact in IEEE 754, the
-    same on every machine, unlike sin or atan2."""
+def _arrow(x1, y1, x2, y2, gap: int, size: int = 9) -> tuple[float, float, str]:
+    """The tip, gap pixels short of (x2, y2), and the three points of the head there.
+    Only + - * / and sqrt: exactly rounded, the same on every machine (sin, atan2 are not)."""
     dx, dy = x2 - x1, y2 - y1
     length = math.sqrt(dx * dx + dy * dy) or 1.0
     ux, uy = dx / length, dy / length
-    bx, by = x2 - ux * size, y2 - uy * size
-    half = size * 0.45
-    points = [(x2, y2), (bx - uy * half, by + ux * half), (bx + uy * half, by - ux * half)]
-    return " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+    tx, ty = round(x2 - ux * gap, 1), round(y2 - uy * gap, 1)
+    bx, by, half = tx - ux * size, ty - uy * size, size * 0.45
+    points = [(tx, ty), (bx - uy * half, by + ux * half), (bx + uy * half, by - ux * half)]
+    return tx, ty, " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
 
 
-def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> str:
+def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> tuple[str, int]:
+    """The SVG text, and its height."""
     shown = len(events) if len(events) <= max_rows else max(0, max_rows - 1)
 
     def room(li: int, size: int = 12) -> int:
@@ -417,16 +419,15 @@ def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> str:
             whos[lane_of[i]].add(e.who)
     rows = []   # (y, event index or None for a timeout, lane, main lines, detail lines)
     ys: dict[int, int] = {}
-    y = TOP
+    y = TOP if not all(lane.recorded for lane in lanes) else TOP - 10   # room for "not recorded"
     for i, e in enumerate(events[:shown]):
         li = lane_of[i]
         if i in timeouts:
             rows.append((y, None, li, [timeouts[i]], []))
             y += ROW
         main, detail = _label(e, len(whos[li]) > 1)
-        cap = room(li) - (3 if e.kind == NOTE else 0) if li is not None else 30
-        lines = _wrap(main, cap)
-        extra = _wrap(detail, room(li, 11), 2) if detail and li is not None else []
+        lines = _wrap(main, room(li) - (3 if e.kind == NOTE else 0))
+        extra = _wrap(detail, room(li, 11), 2) if detail else []
         rows.append((y, i, li, lines, extra))
         ys[i] = y
         y += ROW + LINE * (len(lines) + len(extra) - 1) + (6 if e.kind == NOTE else 0)
@@ -465,9 +466,9 @@ def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> str:
         color, width, dash, _ = STYLE[a.kind]
         x1, y1 = at(a.start, a.src, a.end, -9)
         x2, y2 = at(a.end, a.dst, a.start, 9)
-        tip = _short_of(x1, y1, x2, y2, 5 if a.end is not None else 0)   # stop at the mark
-        c.line(x1, y1, *tip, color, width, dash)
-        c.add("polygon", points=_arrowhead(x1, y1, *tip), fill=color)
+        tx, ty, head = _arrow(x1, y1, x2, y2, 5 if a.end is not None else 0)   # stop at the mark
+        c.line(x1, y1, tx, ty, color, width, dash)
+        c.add("polygon", points=head, fill=color)
         w = _width(a.label, 11) + 4
         for t in (50, 35, 65, 22, 78, 12, 88):
             lx, ly = x1 + (x2 - x1) * t // 100, y1 + (y2 - y1) * t // 100 + 4
@@ -480,8 +481,6 @@ def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> str:
                 break
 
     for y, i, li, lines, extra in rows:   # marks and labels, above the arrows
-        if li is None:
-            continue
         lane = lanes[li]
         e = events[i] if i is not None else None
         if i is not None:
@@ -528,9 +527,3 @@ def _draw(events, title, max_rows, lanes, lane_of, arrows, timeouts) -> str:
               f'viewBox="0 0 {WIDTH} {height}" font-family="{_xml(FONT)}">')
     return "\n".join([header, *c.parts, "</svg>"]) + "\n", height
 
-
-def _summary(events, title, lanes, arrows) -> str:
-    counts = collections.Counter(a.kind for a in arrows)
-    parts = ", ".join(f"{counts[k]} {k}" for k in STYLE if counts[k])
-    names = " | ".join(lane.title for lane in lanes)
-    return f"<sequence diagram {title!r}: {names}; {len(events)} events; arrows: {parts or 'none'}>"
