@@ -9,7 +9,7 @@ what went *between* them. Each event gets a row, in the order it is given
 connect o---- handshake ------>o  accept client 1
    send o----- 11 bytes ------>o  recv 11 bytes
         o<---- 11 bytes -------o  send 11 bytes
- recv   o<------- FIN ---------o  close
+    EOF o<------- FIN ---------o  close
 
 Arrows: data (a send to the recv(s) that got its bytes, or one datagram to
 its recv), the handshake (connect to accept), FIN (shutdown or close to the
