@@ -177,7 +177,7 @@ def request(sock: socket.socket, message: bytes, timeout: float = 0.5, retries: 
     wait, waited = timeout, 0.0
     for attempt in range(1, retries + 2):
         if log:
-            log.record(CLIENT, SEND, detail=f"try {attempt}, then wait up to {wait:g} s")
+            log.record(CLIENT, SEND, nbytes=len(datagram), detail=f"try {attempt}, then wait up to {wait:g} s")
         sock.send(datagram)
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:

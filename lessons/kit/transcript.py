@@ -122,6 +122,11 @@ class Transcript:
         events = self.ordered() if causal else self.events()
         return render_lanes(events, title=title, max_rows=max_rows)
 
+    def sequence(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
+        """The same record as a sequence diagram (an SVG picture): see kit.sequence."""
+        from .sequence import sequence_diagram   # (sequence imports this module)
+        return sequence_diagram(self.ordered() if causal else self.events(), title=title, max_rows=max_rows)
+
 
 def _other(side: str) -> str:
     return SERVER if side == CLIENT else CLIENT
@@ -135,6 +140,7 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
     arrival order only if neither can move (a record that breaks the rules above).
     """
     events = list(events)
+    arrival = {id(e): i for i, e in enumerate(events)}
     lanes = {CLIENT: [e for e in events if e.side == CLIENT],
              SERVER: [e for e in events if e.side == SERVER]}
     pos = {CLIENT: 0, SERVER: 0}
@@ -181,8 +187,9 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
                 pos[side] += 1
                 break
         else:  # neither lane can move: the record broke the rules; keep arrival order
+            # (by identity: two events with equal fields are still two different events)
             nxt = min((lanes[s][pos[s]] for s in lanes if pos[s] < len(lanes[s])),
-                      key=events.index)
+                      key=lambda e: arrival[id(e)])
             take(nxt)
             pos[nxt.side] += 1
     return out
