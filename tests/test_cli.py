@@ -154,7 +154,9 @@ def test_udp_client_with_nobody_answering_exits_nonzero():
 @pytest.mark.parametrize("args, message", [
     (["serve", "--loss", "1.5"], "must be at least 0 and less than 1"),
     (["serve", "--loss", "lots"], "not a fraction"),
-    (["client", "hi", "--retries", "99"], "invalid choice"),
+    (["client", "hi", "--retries", "99"], "--retries must be between 0 and 20, not 99"),
+    (["client", "hi", "--timeout", "inf"], "at most 5 seconds"),
+    (["serve", "--loss", "nan"], "must be at least 0 and less than 1"),
 ])
 def test_udp_bad_arguments(args, message):
     result = run_module("lessons.06_udp", *args)

@@ -31,6 +31,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from .server import BackgroundServer, bound_socket
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
@@ -93,9 +94,6 @@ def whole_number(minimum: int, maximum: int, what: str = "a number"):
     return parse
 
 
-positive_seconds = seconds()   # a client's network timeout: (0, 3600]
-
-
 # --- The parser: lesson_parser(), then a serve and a client command. ---
 
 def lesson_parser(doc: str, name: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -121,15 +119,16 @@ def serve_command(commands, port: int, transport: str = "tcp") -> argparse.Argum
 
 
 def client_command(commands, port: int, transport: str = "tcp", timeout: float = 5.0,
-                   help: str = "talk to a running server") -> argparse.ArgumentParser:
+                   max_timeout: float = 3600.0, help: str = "talk to a running server") -> argparse.ArgumentParser:
     """``client [--host H] [--port P] [--timeout S] ...``: talk to a running server."""
     cmd = commands.add_parser("client", help=help)
     cmd.add_argument("--host", type=host_name, default=DEFAULT_HOST,
                      help="the server's address (default %(default)s)")
     cmd.add_argument("--port", type=port_number, default=port,
                      help=f"the server's {transport.upper()} port (default %(default)s)")
-    cmd.add_argument("--timeout", type=positive_seconds, default=timeout,
-                     help="seconds to wait for the server before giving up (default %(default)s)")
+    cmd.add_argument("--timeout", type=seconds(0, max_timeout), default=timeout,
+                     help=f"seconds to wait for the server before giving up (at most {max_timeout:g}, "
+                          "default %(default)s)")
     return cmd
 
 
@@ -194,7 +193,7 @@ def _format_address(address: tuple) -> str:
 
 
 def _log_live(event: Event) -> None:
-    from rich.text import Text   # a Text, not markup: a client's name may contain "[bold]"
+    # A Text, not markup: a client's name may contain "[bold]".
     who = f"{event.who}: " if event.who and event.kind != "accept" else ""
     stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 

@@ -295,7 +295,7 @@ def raise_fd_limit(wanted: int = 65536) -> tuple[int, int]:
     the hard limit); return (old, new). Every socket is an open file, so a
     server for thousands of clients needs more than the usual 1024 (256 on macOS)."""
     try:
-        import resource
+        import resource   # Unix only: imported here so that the kit still loads on Windows
     except ImportError:   # Windows: no such limit to raise
         return (0, 0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -21,6 +21,8 @@ import keyword
 import textwrap
 import tokenize
 
+from rich.syntax import Syntax
+
 WIDTH = 99   # lesson code shown in notebooks is kept within this many columns (a test checks)
 
 PRE_STYLE = ("font-family: Menlo, Consolas, 'DejaVu Sans Mono', 'Courier New', monospace; "
@@ -40,7 +42,6 @@ class Listing:
         return f'<pre style="{PRE_STYLE}">{highlight(self.code)}</pre>'
 
     def __rich__(self):
-        from rich.syntax import Syntax
         return Syntax(self.code, "python", theme="ansi_dark", background_color="default")
 
     def __repr__(self) -> str:   # the text/plain a notebook stores beside the HTML
