@@ -116,8 +116,8 @@ def handle(conn: socket.socket, log: Transcript, who: str) -> None:
 def serve(listener: socket.socket, stop, log: Transcript,
           idle_timeout: float | None = IDLE_TIMEOUT) -> None:
     """Serve clients one after another until stopped; drop one idle for idle_timeout seconds."""
-    # accept_until gives each connection the timeout: any recv() or sendall() that
-    # waits longer raises socket.timeout. None: wait for ever (the tutorial's way).
+    # accept_until gives each connection the timeout: a recv() that waits longer, or a
+    # sendall() that takes longer, raises socket.timeout. None: wait for ever (the tutorial's).
     for number, (conn, _) in enumerate(accept_until(listener, stop, log, idle_timeout), 1):
         who = f"client {number}"
         log.record(SERVER, ACCEPT, who)
@@ -299,8 +299,8 @@ def demo() -> int:
         slow = adversary.dribble(server.address, b"one byte at a time", delay=0.01)
         seen["fixed server: 18 pieces came back whole"] = slow == b"one byte at a time"
         adversary.reset(server.address)
-        big = adversary.flood(server.address, ten_mib)
-        seen["fixed server: after a reset, 10 MiB came back"] = big == adversary.flood_pattern(ten_mib)
+        big = adversary.flood(server.address, ten_mib) == adversary.flood_pattern(ten_mib)
+        seen["fixed server: after a reset, 10 MiB came back"] = big
         with adversary.silent(server.address):
             after = echo(server.address, b"my turn", timeout=3)
     seen["fixed server: a silent client was dropped after 0.3 s, the next served"] = (
