@@ -1,4 +1,4 @@
-"""A name resolves to a list of addresses, a server listens on some of them, and programs on one machine can skip TCP with a Unix socket.
+"""A name is a list of addresses, a server gets only what it binds, and programs on one machine can use a Unix socket.
 
     python -m lessons.12_addresses                                  # demo
     python -m lessons.12_addresses serve [--host ::1] [--port 9912] # listening on [::1]:9912
@@ -113,9 +113,9 @@ def connect_in_order(addresses, timeout: float = 1.0, log: Transcript | None = N
         except OSError as exc:
             sock.close()
             last_error = exc
-            log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES.get(family)}): {describe_error(exc)}")
+            log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES[family]}): {describe_error(exc)}")
             continue
-        log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES.get(family)}): connected")
+        log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES[family]}): connected")
         return sock
     raise last_error if last_error else OSError("getaddrinfo returned no addresses")
 
@@ -127,13 +127,14 @@ def listen_tcp(host: str, port: int = 0, backlog: int = socket.SOMAXCONN) -> soc
 
     127.0.0.1 and ::1 are this machine only; 0.0.0.0 is every IPv4 address;
     ``::`` is every IPv6 address, and every IPv4 one too (dual stack) where
-    the OS allows: IPV6_V6ONLY's default differs (Linux off, Windows and BSD on),
-    so we set it, rather than inherit it.
+    the OS allows: IPV6_V6ONLY's default differs (off on Linux, on in Windows
+    and FreeBSD), so we set it rather than inherit it.
     """
     if not host:   # bind(("", port)) would silently mean every interface
         raise ValueError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or :: (every interface)")
     if host == "::" and socket.has_dualstack_ipv6():
-        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True)
+        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
+                                    dualstack_ipv6=True)
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                                    0, socket.AI_PASSIVE)[0]
     # create_server sets SO_REUSEADDR, and IPV6_V6ONLY on for an IPv6 socket.
@@ -399,7 +400,7 @@ def raises(error: type, call) -> bool:
 def serve_command(args) -> int:
     try:
         listener = listen_unix(args.unix) if args.unix else listen_tcp(args.host, args.port)
-    except OSError as exc:       # an unknown name, EADDRINUSE, EADDRNOTAVAIL (no IPv6), a live server's path...
+    except OSError as exc:   # an unknown name, EADDRINUSE, EADDRNOTAVAIL (no IPv6), a live server's path...
         stderr.print(f"cannot listen on {where(args)}: {why_not(exc, args)}", style="red", markup=False)
         return 1
     try:
@@ -423,8 +424,8 @@ def client_command(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lessons.12_addresses", epilog="With no command, runs the demo.",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lessons.12_addresses", description=__doc__.splitlines()[0],
+                                     epilog="With no command, runs the demo.")
     commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
     commands.add_parser("demo", help="run a self-contained demonstration (the default)")
     serve_parser = commands.add_parser("serve", help="run the echo server in the foreground")

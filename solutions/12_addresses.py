@@ -25,7 +25,8 @@ def connect_any(addresses, timeout: float = 1.0) -> socket.socket:
             sock.connect(sockaddr)
         except OSError as exc:
             sock.close()           # or every failed attempt leaks a descriptor
-            errors.append(f"{sockaddr[0]} port {sockaddr[1]}: {exc.strerror or str(exc) or type(exc).__name__}")
+            why = exc.strerror or str(exc) or type(exc).__name__   # a timeout has no strerror
+            errors.append(f"{sockaddr[0]} port {sockaddr[1]}: {why}")
             continue
         return sock
     # Every error, not only the last: "::1 refused, 127.0.0.1 timed out" is what a person needs to fix it.

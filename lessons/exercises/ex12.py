@@ -132,7 +132,8 @@ def _all_fail(call: str, places: tuple):
 CONNECT_ANY = {
     "one address, a server there": _connects("connect_any([server], timeout=0.3)", (_listener,), 0),
     "the first refuses": _connects("connect_any([refusing, server], timeout=0.3)", (_closed, _listener), 1),
-    "the first never answers": _connects("connect_any([silent, server], timeout=0.3)", (_silent, _listener), 1),
+    "the first never answers": _connects("connect_any([silent, server], timeout=0.3)",
+                                         (_silent, _listener), 1),
     "all refuse": _all_fail("connect_any([refusing, refusing], timeout=0.3)", (_closed, _closed)),
     "one refuses, one never answers": _all_fail("connect_any([refusing, silent], timeout=0.3)",
                                                 (_closed, _silent)),
@@ -174,7 +175,8 @@ def _binds(call: str, before):
             except Exception as exc:
                 return Outcome(call, describe(exc), expected, False)
             with sock:
-                got = expected if _knock(path, sock) else "a socket, but a client at the path does not reach it"
+                reached = _knock(path, sock)
+                got = expected if reached else "a socket, but a client at the path does not reach it"
         return Outcome(call, got, expected, got == expected)
     return run
 
@@ -240,7 +242,7 @@ def check_bind_unix(fn):
 
 EXERCISES = [
     Exercise("12_addresses", "connect_any", check=check_connect_any, naive=naive_connect_any,
-             todo="for each address: a socket, settimeout, connect; keep each error; raise one naming them all."),
+             todo="each address: a socket, settimeout, connect; keep every error; raise one naming them all."),
     Exercise("12_addresses", "bind_unix", check=check_bind_unix, naive=naive_bind_unix,
              todo="lstat: not a socket? refuse. A socket? probe with connect(): only 'refused' means stale."),
 ]

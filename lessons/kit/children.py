@@ -83,7 +83,8 @@ def crash_a_server(path: str) -> int:
             ready, _, _ = select.select([proc.stdout], [], [], CHILD_TIMEOUT)
             line = proc.stdout.readline() if ready else ""
             if line.strip() != "ready":
-                raise RuntimeError(f"the child server did not start: {proc.stderr.read() if not ready else line}")
+                why = line if ready else "no word from it"
+                raise RuntimeError(f"the child server did not start: {why}")
         finally:
             proc.kill()                       # SIGKILL: no handler, no finally, no cleanup
             proc.wait(CHILD_TIMEOUT)

@@ -33,7 +33,8 @@ from typing import Callable, Iterator, Optional
 
 from .check import describe_error
 from .server import JOIN_TIMEOUT, RunningServer, Stopper
-from .transcript import ACCEPT, CLIENT, CLOSE, EOF, ERROR, LISTEN, NOTE, RECV, SEND, SERVER, SHUTDOWN, Event, Transcript
+from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, LISTEN, NOTE, RECV, SEND, SERVER, SHUTDOWN, Event,
+                         Transcript)
 
 INET = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 LOOPBACKS = ("127.0.0.1", "::1")
