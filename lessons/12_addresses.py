@@ -1,4 +1,4 @@
-"""A name is a list of addresses, a server gets only what it binds, and programs on one machine can use a Unix socket.
+"""A name is a list of addresses, a server gets only what it binds, and local programs can use Unix sockets.
 
     python -m lessons.12_addresses                                  # demo
     python -m lessons.12_addresses serve [--host ::1] [--port 9912] # listening on [::1]:9912

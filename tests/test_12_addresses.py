@@ -342,13 +342,15 @@ class Served:
 
 
 @needs_ipv6
-def test_serve_and_client_on_an_ipv6_literal():
+def test_serve_and_client_on_an_ipv6_literal(capsys):
     served = Served("--host", "::1", "--port", "0")
     try:
         assert served.first.startswith("listening on [::1]:"), served.first
         port = served.first.rsplit(":", 1)[1].strip()
         result = run_module("lessons.12_addresses", "client", "--host", "::1", "--port", port, "over six")
         assert result.returncode == 0 and result.stdout == "over six\n", result.stderr
+        assert addresses.main(["client", "--host", "[::1]", "--port", port, "brackets too"]) == 0
+        assert capsys.readouterr().out == "brackets too\n"
     finally:
         code, err = served.stop(signal.SIGTERM)
     assert code == 0 and "Traceback" not in err

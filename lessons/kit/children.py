@@ -9,6 +9,7 @@ user, including one who cannot read the workbook's files. Unix only: they use
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import subprocess
@@ -97,8 +98,7 @@ def other_user() -> Optional[tuple[int, int]]:
     Only root may switch to another user; root itself passes every permission
     check, so a permission demo run as root has to ask as somebody else.
     """
-    import os
-    import pwd
+    import pwd   # here, not at the top: Windows has no pwd, and the lesson must still import
     if os.geteuid() != 0:
         return None
     try:
@@ -132,7 +132,6 @@ def permission_experiment(directory: str, name: str = "perm.sock") -> Optional[d
     asker is you, and your owner bits are cleared. Returns None where neither
     works (root that cannot switch user). Restores the directory's mode.
     """
-    import os
     user = other_user()
     shift = 0 if user is not None else 6          # the "other" bits, or the owner's
     no_write, no_search = 0o2 << shift, 0o1 << shift

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ import threading
 from typing import Callable, Iterator, Optional
 
 from .check import describe_error
+from .cli import port_number, stderr
 from .server import JOIN_TIMEOUT, RunningServer, Stopper
 from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, LISTEN, NOTE, RECV, SEND, SERVER, SHUTDOWN, Event,
                          Transcript)
@@ -219,8 +221,6 @@ def serve_forever_on(listener: socket.socket, serve: Callable, name: str, quiet:
     script reading the pipe learns the port (or the path). Connections are
     logged to stderr unless ``quiet``.
     """
-    from .cli import stderr   # the same console as every other lesson's `serve`
-
     stop = Stopper()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -267,9 +267,12 @@ def serve_forever_on(listener: socket.socket, serve: Callable, name: str, quiet:
 
 def host_text(text: str) -> str:
     """--host: an address or a name, never empty (an unset shell variable must not mean every interface)."""
-    if not text.strip():
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):   # [::1], as in a URL: the brackets are not the address
+        text = text[1:-1]
+    if not text:
         raise argparse.ArgumentTypeError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or ::")
-    return text.strip()
+    return text
 
 
 def unix_path(text: str) -> str:
@@ -296,7 +299,6 @@ def seconds(text: str) -> float:
 
 def add_where_args(parser: argparse.ArgumentParser, port: int, serving: bool) -> None:
     """``--host`` or ``--unix`` (not both), ``--port``; and ``--timeout`` for a client."""
-    from .cli import port_number
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--host", type=host_text, default="127.0.0.1",
                        help="an address or a name: 127.0.0.1, ::1, localhost, :: (default %(default)s)")
@@ -336,6 +338,5 @@ def why_not(exc: OSError, args: argparse.Namespace) -> str:
     if isinstance(exc, socket.timeout):
         return f"no answer within {args.timeout:g} s"
     if exc.errno:   # strerror alone: create_server() appends the address tuple to it
-        import os
         return os.strerror(exc.errno)
     return str(exc)
