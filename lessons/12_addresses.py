@@ -19,7 +19,6 @@ abstract namespace (no file at all).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -32,7 +31,7 @@ import threading
 
 from lessons.kit.check import describe_error
 from lessons.kit.children import crash_a_server, reaped, upper_echo_child
-from lessons.kit.cli import main_guard, stderr
+from lessons.kit.cli import lesson_parser, main_guard, stderr
 from lessons.kit.echo import echo, handle
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK, NO_IPV6,
                                   NO_UNIX, add_where_args, check_where_args, exchange, from_loopback,
@@ -97,8 +96,8 @@ def tutorial_client(port: int) -> str:
 
 # --- How a client walks getaddrinfo's list: socket.create_connection, written out. ---
 
-def connect_in_order(addresses, timeout: float = 1.0, log: Transcript | None = None) -> socket.socket:
-    """Try each (family, type, proto, canonname, sockaddr) in turn; return the first connected socket.
+def connect_in_order(addresses, timeout: float = 1.0, log: Transcript | None = None):
+    """Try each (family, type, proto, canonname, sockaddr) in turn; return the first that connects.
 
     This is what create_connection() does. Like it (before Python 3.11, or
     without all_errors=True), it raises only the last error: the others are lost.
@@ -113,7 +112,8 @@ def connect_in_order(addresses, timeout: float = 1.0, log: Transcript | None = N
         except OSError as exc:
             sock.close()
             last_error = exc
-            log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES[family]}): {describe_error(exc)}")
+            log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES[family]}): "
+                                            f"{describe_error(exc)}")
             continue
         log.record(CLIENT, NOTE, detail=f"address {number} ({FAMILIES[family]}): connected")
         return sock
@@ -131,12 +131,12 @@ def listen_tcp(host: str, port: int = 0, backlog: int = socket.SOMAXCONN) -> soc
     and FreeBSD), so we set it rather than inherit it.
     """
     if not host:   # bind(("", port)) would silently mean every interface
-        raise ValueError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or :: (every interface)")
+        raise ValueError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or ::")
     if host == "::" and socket.has_dualstack_ipv6():
         return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
                                     dualstack_ipv6=True)
-    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                                                   0, socket.AI_PASSIVE)[0]
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                   flags=socket.AI_PASSIVE)[0]
     # create_server sets SO_REUSEADDR, and IPV6_V6ONLY on for an IPv6 socket.
     return socket.create_server(sockaddr, family=family, backlog=backlog)
 
@@ -298,7 +298,8 @@ def serve(listener: socket.socket, stop, log: Transcript, loopback_only: bool = 
             conn.close()
             continue
         log.record(SERVER, ACCEPT, who, detail=f"over {peer_kind(listener.family, peer)}")
-        worker = threading.Thread(target=_echo_one, args=(conn, stop, log, who), name=who, daemon=True)
+        worker = threading.Thread(target=_echo_one, args=(conn, stop, log, who), name=who,
+                                  daemon=True)
         worker.start()
         workers = [w for w in workers if w.is_alive()] + [worker]
     for worker in workers:
@@ -424,20 +425,17 @@ def client_command(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lessons.12_addresses", description=__doc__.splitlines()[0],
-                                     epilog="With no command, runs the demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
-    commands.add_parser("demo", help="run a self-contained demonstration (the default)")
-    serve_parser = commands.add_parser("serve", help="run the echo server in the foreground")
-    add_where_args(serve_parser, DEFAULT_PORT, serving=True)
-    serve_parser.add_argument("--quiet", action="store_true", help="do not log connections to stderr")
-    client_parser = commands.add_parser("client", help="send a message to a running server, print the echo")
-    add_where_args(client_parser, DEFAULT_PORT, serving=False)
-    client_parser.add_argument("message", help="text to send")
+    parser, commands = lesson_parser(__doc__, "12_addresses")
+    serve_cmd = commands.add_parser("serve", help="run the echo server in the foreground (Ctrl-C stops it)")
+    add_where_args(serve_cmd, DEFAULT_PORT, serving=True)     # --host (name or address) | --unix PATH
+    serve_cmd.add_argument("--quiet", action="store_true", help="log nothing to stderr")
+    client_cmd = commands.add_parser("client", help="send a message to a running server, print the echo")
+    add_where_args(client_cmd, DEFAULT_PORT, serving=False)
+    client_cmd.add_argument("message", help="text to send")
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         return demo()
-    check_where_args(serve_parser if args.command == "serve" else client_parser, args, DEFAULT_PORT)
+    check_where_args(serve_cmd if args.command == "serve" else client_cmd, args, DEFAULT_PORT)
     return serve_command(args) if args.command == "serve" else client_command(args)
 
 

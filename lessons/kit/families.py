@@ -23,19 +23,20 @@ over here; everything after the bind is the same lifecycle::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import os
 import signal
 import socket
 import sys
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
+
+from rich.text import Text
 
 from .check import describe_error
-from .cli import port_number, stderr
-from .server import JOIN_TIMEOUT, RunningServer, Stopper
-from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, LISTEN, NOTE, RECV, SEND, SERVER, SHUTDOWN, Event,
+from .cli import host_name, port_number, seconds, stderr
+from .server import JOIN_TIMEOUT, BackgroundServer, Stopper
+from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SHUTDOWN, Event,
                          Transcript)
 
 INET = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
@@ -169,95 +170,54 @@ def exchange(sock: socket.socket, message: bytes, log: Optional[Transcript] = No
     return b"".join(chunks)
 
 
-def _address_of(listener: socket.socket):
-    bound = listener.getsockname()
-    return bound[:2] if listener.family in INET else bound
-
-
-@contextlib.contextmanager
 def running_on(listener: socket.socket, serve: Callable[[socket.socket, Stopper, Transcript], None],
-               log: Optional[Transcript] = None, name: str = "server") -> Iterator[RunningServer]:
-    """Like :func:`.server.running`, on a socket already bound and listening; closes it on exit.
+               log: Optional[Transcript] = None, name: str = "server") -> BackgroundServer:
+    """:class:`.server.BackgroundServer` on a socket already bound and listening, of any family.
 
-    ``server.address`` is what a client connects to: ``(host, port)``, or the
-    path for a Unix socket.
+    Use it in a ``with`` block, as :func:`.server.running`. ``server.address``
+    is what a client connects to: ``(host, port)``, or for a Unix socket its
+    path (or ``b"\\0name"`` in Linux's abstract namespace).
     """
-    log = log if log is not None else Transcript()
-    stop = Stopper()
-    errors: list = []
-
-    def target() -> None:
-        try:
-            serve(listener, stop, log)
-        except BaseException as exc:   # kept and re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
     try:
-        server = RunningServer(_address_of(listener), log, stop, thread, errors)
-        log.record(SERVER, LISTEN)
-        thread.start()
+        server = BackgroundServer(serve, listener, log, name)
     except BaseException:
         listener.close()
         raise
-    try:
-        yield server
-    finally:
-        stop.set()
-        thread.join(JOIN_TIMEOUT)
-        listener.close()
-        if not thread.is_alive():
-            stop.close_all()
-        if thread.is_alive():
-            raise RuntimeError(f"{name} thread did not stop within {JOIN_TIMEOUT:g} s")
-    if errors:
-        raise errors[0]
+    if listener.family not in INET:
+        server.address = listener.getsockname()   # a path, not (host, port)
+    return server
 
 
 def serve_forever_on(listener: socket.socket, serve: Callable, name: str, quiet: bool = False) -> int:
-    """Run ``serve`` on ``listener`` in the foreground until Ctrl-C or SIGTERM, then exit 0.
+    """Like :func:`.cli.serve_forever`, on a socket already bound and listening: until Ctrl-C or SIGTERM.
 
     The first line on stdout is ``listening on ADDRESS``, flushed at once, so a
     script reading the pipe learns the port (or the path). Connections are
     logged to stderr unless ``quiet``.
     """
-    stop = Stopper()
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-
     def live(event: Event) -> None:
         who = f"{event.who}: " if event.who and event.kind != ACCEPT else ""
-        stderr.print(f"{who}{event.describe()}", style="dim", markup=False)
+        stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 
+    # In the foreground, log who comes and goes, not every recv and send.
     log = Transcript(maxlen=1000, live=None if quiet else live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
-    print(f"listening on {describe_address(listener.getsockname(), listener.family)}", flush=True)
-    failure: list = []
-
-    def target():
-        try:
-            serve(listener, stop, log)
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-
-    # The server runs in a worker thread so that the main thread is free to take
+    server = running_on(listener, serve, log, name)
+    # The server runs in its own thread so that this main thread is free to take
     # signals at any moment, whatever the server is blocked on.
-    worker = threading.Thread(target=target, name=name, daemon=True)
-    worker.start()
+    previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.2):
+        print(f"listening on {describe_address(listener.getsockname(), listener.family)}", flush=True)
+        server.start()
+        while not server.stop.wait(0.2):
             pass
+        server.shutdown(reraise=False)
     finally:
-        stop.set()
-        worker.join(JOIN_TIMEOUT)
-        listener.close()
-        if not worker.is_alive():
-            stop.close_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if failure:
-        stderr.print(f"server failed: {failure[0]!r}", style="red", markup=False)
+    if server.errors:
+        stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
         return 1
     stderr.print("stopped", style="dim")
     return 0
@@ -266,12 +226,10 @@ def serve_forever_on(listener: socket.socket, serve: Callable, name: str, quiet:
 # --- The command line: --host (a name or an address) or --unix PATH, and --port. ---
 
 def host_text(text: str) -> str:
-    """--host: an address or a name, never empty (an unset shell variable must not mean every interface)."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):   # [::1], as in a URL: the brackets are not the address
-        text = text[1:-1]
-    if not text:
-        raise argparse.ArgumentTypeError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or ::")
+    """--host: an address or a name, never empty; ``[::1]`` as in a URL is ``::1``."""
+    text = host_name(text)
+    if text.startswith("[") and text.endswith("]"):   # the brackets are not part of the address
+        text = host_name(text[1:-1])
     return text
 
 
@@ -286,17 +244,6 @@ def unix_path(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    """--timeout: more than 0, at most an hour (inf and nan refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds, not {text}")
-    return value
-
-
 def add_where_args(parser: argparse.ArgumentParser, port: int, serving: bool) -> None:
     """``--host`` or ``--unix`` (not both), ``--port``; and ``--timeout`` for a client."""
     where = parser.add_mutually_exclusive_group()
@@ -307,7 +254,7 @@ def add_where_args(parser: argparse.ArgumentParser, port: int, serving: bool) ->
     parser.add_argument("--port", type=port_number, default=None,
                         help=f"TCP port (default {port}{'; 0 picks a free one' if serving else ''})")
     if not serving:
-        parser.add_argument("--timeout", type=seconds, default=5.0,
+        parser.add_argument("--timeout", type=seconds(0, 3600), default=5.0,
                             help="seconds to wait for the server (default %(default)s)")
 
 
