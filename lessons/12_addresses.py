@@ -31,12 +31,12 @@ import threading
 
 from lessons.kit.check import describe_error
 from lessons.kit.children import crash_a_server, reaped, upper_echo_child
-from lessons.kit.cli import lesson_parser, main_guard, stderr
+from lessons.kit.cli import lesson_parser, main_guard, serve_forever, stderr
 from lessons.kit.echo import echo, handle
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK, NO_IPV6,
                                   NO_UNIX, add_where_args, check_where_args, exchange, from_loopback,
-                                  have_ipv6, peer_kind, running_on, serve_forever_on, where, why_not)
-from lessons.kit.server import JOIN_TIMEOUT, accept_until
+                                  have_ipv6, peer_kind, where, why_not)
+from lessons.kit.server import JOIN_TIMEOUT, accept_until, running_on
 from lessons.kit.transcript import ACCEPT, CLIENT, CLOSE, CONNECT, ERROR, NOTE, SERVER, Transcript
 
 TITLE = "Addresses, names and local sockets"
@@ -405,7 +405,7 @@ def serve_command(args) -> int:
         stderr.print(f"cannot listen on {where(args)}: {why_not(exc, args)}", style="red", markup=False)
         return 1
     try:
-        return serve_forever_on(listener, serve, "12_addresses", quiet=args.quiet)
+        return serve_forever(serve, args, "12_addresses", listener=listener)
     finally:
         if args.unix:
             release_unix(args.unix)

@@ -24,7 +24,8 @@ from lessons.kit.children import crash_a_server, permission_experiment
 from lessons.kit.echo import echo
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK,
                                   NO_IPV6, NO_OTHER_USER, NO_PEERCRED, NO_UNIX, address_kind,
-                                  from_loopback, have_ipv6, knock, peer_kind, running_on)
+                                  from_loopback, have_ipv6, knock, peer_kind)
+from lessons.kit.server import running_on
 from lessons.kit.transcript import ACCEPT, CLOSE, SERVER, Transcript
 from tests.conftest import ROOT, lesson, run_module
 

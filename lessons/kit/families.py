@@ -3,15 +3,13 @@
 :func:`.server.running` and :func:`.cli.serve_forever` bind a ``(host, port)``
 of one family themselves. Lesson 12 binds names, IPv6 literals, dual-stack
 sockets and Unix socket paths, so it makes the listening socket and hands it
-over here; everything after the bind is the same lifecycle::
+to the same lifecycle::
 
-    with running_on(listen_unix(path), serve) as server:   # a daemon thread
+    with running_on(listen_unix(path), serve) as server:   # kit.server: a daemon thread
         talk_to(server.address)                            # the path, or (host, port)
-    # stopped and joined here, the listening socket closed
 
-    return serve_forever_on(listener, serve, name)         # the foreground, for `serve`
+    return serve_forever(serve, args, name, listener=listener)   # kit.cli: the foreground
 
-- :func:`describe_address`  ``127.0.0.1:9912``, ``[::1]:9912``, ``unix:/tmp/s``, ``unix:@name``
 - :func:`peer_kind`         how a client reached a server, without its address
 - :func:`from_loopback`     whether a peer is on this machine
 - :func:`knock`             which loopback addresses reach a listener
@@ -34,8 +32,8 @@ from typing import Callable, Optional
 from rich.text import Text
 
 from .check import describe_error
-from .cli import host_name, port_number, seconds, stderr
-from .server import JOIN_TIMEOUT, BackgroundServer, Stopper
+from .cli import describe_address, host_name, port_number, seconds
+from .server import JOIN_TIMEOUT
 from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SHUTDOWN, Event,
                          Transcript)
 
@@ -62,16 +60,6 @@ def have_ipv6() -> bool:
         return True
     except OSError:
         return False
-
-
-def describe_address(address, family: int = socket.AF_INET) -> str:
-    """An address as a person writes it: IPv6 in brackets, a Unix path after ``unix:``."""
-    if family not in INET:
-        if isinstance(address, bytes):                      # Linux's abstract namespace
-            return "unix:@" + address[1:].decode(errors="replace")
-        return f"unix:{address or '(unnamed)'}"
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ip(peer) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -168,59 +156,6 @@ def exchange(sock: socket.socket, message: bytes, log: Optional[Transcript] = No
     if failure:
         raise failure[0]
     return b"".join(chunks)
-
-
-def running_on(listener: socket.socket, serve: Callable[[socket.socket, Stopper, Transcript], None],
-               log: Optional[Transcript] = None, name: str = "server") -> BackgroundServer:
-    """:class:`.server.BackgroundServer` on a socket already bound and listening, of any family.
-
-    Use it in a ``with`` block, as :func:`.server.running`. ``server.address``
-    is what a client connects to: ``(host, port)``, or for a Unix socket its
-    path (or ``b"\\0name"`` in Linux's abstract namespace).
-    """
-    try:
-        server = BackgroundServer(serve, listener, log, name)
-    except BaseException:
-        listener.close()
-        raise
-    if listener.family not in INET:
-        server.address = listener.getsockname()   # a path, not (host, port)
-    return server
-
-
-def serve_forever_on(listener: socket.socket, serve: Callable, name: str, quiet: bool = False) -> int:
-    """Like :func:`.cli.serve_forever`, on a socket already bound and listening: until Ctrl-C or SIGTERM.
-
-    The first line on stdout is ``listening on ADDRESS``, flushed at once, so a
-    script reading the pipe learns the port (or the path). Connections are
-    logged to stderr unless ``quiet``.
-    """
-    def live(event: Event) -> None:
-        who = f"{event.who}: " if event.who and event.kind != ACCEPT else ""
-        stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
-
-    # In the foreground, log who comes and goes, not every recv and send.
-    log = Transcript(maxlen=1000, live=None if quiet else live,
-                     kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
-    server = running_on(listener, serve, log, name)
-    # The server runs in its own thread so that this main thread is free to take
-    # signals at any moment, whatever the server is blocked on.
-    previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        print(f"listening on {describe_address(listener.getsockname(), listener.family)}", flush=True)
-        server.start()
-        while not server.stop.wait(0.2):
-            pass
-        server.shutdown(reraise=False)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if server.errors:
-        stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
-        return 1
-    stderr.print("stopped", style="dim")
-    return 0
 
 
 # --- The command line: --host (a name or an address) or --unix PATH, and --port. ---
