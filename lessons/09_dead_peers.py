@@ -62,6 +62,7 @@ IDLE_TIMEOUT = 10.0    # seconds of silence before the server drops a client
 MAX_LINE = 1024
 MAX_CLIENTS = 100      # one thread each: refuse beyond this
 TIMEOUT = 5.0
+KEEPALIVE_WAIT = 2.2   # past 1 s idle + 1 probe × 1 s: when keepalive would give up on a silent peer
 
 
 # --- The server: lines, PING → PONG, and an idle timeout. ---
@@ -89,7 +90,7 @@ def handle(conn: socket.socket, log: Transcript, who: str, idle_timeout: float) 
                 log.record(SERVER, ERROR, who, detail=f"a line over {MAX_LINE} bytes: dropped")
                 return
     except socket.timeout:
-        log.record(SERVER, NOTE, who, detail=f"silent for {idle_timeout:g} s: dropped (idle)")
+        log.record(SERVER, NOTE, who, detail=f"idle for {idle_timeout:g} s: dropped")
         conn.setblocking(False)
         with contextlib.suppress(OSError):   # a courtesy: it may not be there to read it
             conn.send(BYE)
@@ -161,7 +162,7 @@ def keepalive(sock: socket.socket, idle: int = 1, interval: int = 1, count: int 
     return done
 
 
-def paused_server(wait: float = 2.2, deadline: float = 0.5, states: Optional[SocketStates] = None) -> dict:
+def paused_server(wait: float = KEEPALIVE_WAIT, deadline: float = 0.5, states: Optional[SocketStates] = None) -> dict:
     """Pause this lesson's server (SIGSTOP) and watch two clients: one trusts keepalive, one pings."""
     states = states if states is not None else SocketStates()
     with Child(["-m", "lessons.09_dead_peers", "serve", "--port", "0", "--idle-timeout", "0"]) as child:
@@ -311,10 +312,13 @@ ENDINGS = {"FIN": fin, "half-close": half_close, "SIGKILL": killed, "RST: unread
 
 # --- CLOSE_WAIT piling up: the tutorial's select loop never closes a socket. ---
 
-def tutorial_select_loop(listener, stop, log, close_on_eof=False):
-    """The tutorial's select loop (its lines, ours marked): on EOF it forgets a socket without closing it."""
+def tutorial_select_loop(listener, stop, log, clients=None, close_on_eof=False):
+    """The tutorial's select loop (its lines; ours marked): on EOF it forgets a socket without closing it.
+
+    ``clients``: a list to remember each accepted socket in, as real servers remember
+    their clients (a name, a buffer). ``close_on_eof``: the one-line fix.
+    """
     server_socket = listener                                            # (ours)
-    accepted = []                                                       # (ours: see the notebook)
     inputs = [server_socket]
     outputs = []
 
@@ -326,7 +330,8 @@ def tutorial_select_loop(listener, stop, log, close_on_eof=False):
                 connection, client_address = s.accept()
                 connection.setblocking(0)
                 inputs.append(connection)
-                accepted.append(connection)                             # (ours)
+                if clients is not None:                                 # (ours)
+                    clients.append(connection)                          # (ours)
             else:
                 data = s.recv(1024)
                 if data:
@@ -346,13 +351,15 @@ def tutorial_select_loop(listener, stop, log, close_on_eof=False):
             inputs.remove(s)
             if s in outputs:
                 outputs.remove(s)
-    for s in accepted:                                                  # (ours: no leaks when stopped)
+    for s in inputs[1:] + (clients or []):                              # (ours: close when stopped)
         s.close()
 
 
-def come_and_go(serve, states: SocketStates, clients: int = 3, after: tuple = ("FIN_WAIT2", "CLOSE_WAIT")):
+def come_and_go(serve, states: SocketStates, clients: int = 3, after=("FIN_WAIT2", "CLOSE_WAIT")):
     """Clients connect one by one, say hi, read the reply and close. Then wait until each
-    client's end is in state after[0] and the server's end in after[1] (None: gone)."""
+    client's end and the server's end are in the states ``after`` says (None: gone):
+    one (client, server) pair for all, or a list with one pair per client."""
+    after = after if isinstance(after, list) else [after] * clients
     with running(serve) as server:
         states.name(server.address, "server")
         for n in range(1, clients + 1):
@@ -361,8 +368,8 @@ def come_and_go(serve, states: SocketStates, clients: int = 3, after: tuple = ("
                 sock.sendall(b"hi")
                 sock.recv(100)
         expected = {"server (listening)": "LISTEN"}
-        for n in range(1, clients + 1):
-            expected.update({f"client {n} → server": after[0], f"server → client {n}": after[1]})
+        for n, (client_end, server_end) in enumerate(after, 1):
+            expected.update({f"client {n} → server": client_end, f"server → client {n}": server_end})
         return states.settle({label: state for label, state in expected.items() if state})
 
 
@@ -423,7 +430,10 @@ def ctrl_c_in(where="accept"):
             client = socket.create_connection(listener.getsockname(), timeout=30)
             conn, _ = listener.accept()
         print(f"blocked in {where}()", flush=True)
-        listener.accept() if where == "accept" else conn.recv(100)
+        if where == "accept":
+            listener.accept()
+        else:
+            conn.recv(100)
     except KeyboardInterrupt:    # Python's SIGINT handler raises it in the main thread
         print(f"KeyboardInterrupt raised in {where}()", flush=True)
     finally:
@@ -496,7 +506,7 @@ def select_with_a_waker() -> tuple[str, float]:
         started = time.monotonic()
         wake_w.send(b"x")          # from any thread, or a signal handler
         thread.join(JOIN_TIMEOUT)
-        return woken_by[0], time.monotonic() - started
+        return (woken_by or ["nothing"])[0], time.monotonic() - started
 
 
 def wakeup_fd():
@@ -575,6 +585,7 @@ def signal_child(fn, sig=signal.SIGINT, *args) -> tuple[int, list[str]]:
 
 def demo() -> int:
     from rich.console import Console
+    from rich.table import Table
 
     console = Console(highlight=False)
     console.rule("[bold]Lesson 09: dead peers")
@@ -591,13 +602,19 @@ def demo() -> int:
     console.print(f"idle timeout 0.5 s: the silent client was dropped: {dropped}; "
                   f"the one sending a byte every 0.2 s was kept: {kept}")
     states = SocketStates()
+    fin(states)
+    console.print(states.timeline("a normal close: TIME_WAIT on the side that closed first"))
+    endings = Table(title="how a connection ends: the last two steps of each case", title_justify="left")
+    endings.add_column("case", no_wrap=True)
+    endings.add_column("what each side did, and saw")
     for name, case in ENDINGS.items():
         states.forget()
         case(states)
-        console.print(states.timeline(f"how a connection ends: {name}"))
+        endings.add_row(name, "\n".join(moment for moment, _ in states.history[-2:]), end_section=True)
+    console.print(endings)
     seen = paused_server()
-    console.print(f"server paused with SIGSTOP: heartbeat answered: {seen['PONG after the pause']}; "
-                  f"keepalive saw an error: {bool(seen['keepalive error'])}")
+    console.print(f"server paused with SIGSTOP: the heartbeat got a PONG: {seen['PONG after the pause']}; "
+                  f"after {KEEPALIVE_WAIT:g} s the keepalive connection reports an error: {bool(seen['keepalive error'])}")
     ok = dropped and kept and not seen["PONG after the pause"] and seen["keepalive error"] == 0
     return 0 if ok else 1
 

@@ -157,8 +157,7 @@ def check_leaking_servers(fn):
 
 EXERCISES = [
     Exercise("09_dead_peers", "heartbeat", check=check_heartbeat, naive=naive_heartbeat,
-             todo="send PING every interval; wait for a PONG line until sent time + deadline "
-                  "(a deadline per PING, not per recv); b'' or a reset means closed."),
+             todo="PING every interval; wait for a PONG line until sent time + deadline; b'' or RST: closed"),
     Exercise("09_dead_peers", "leaking_servers", check=check_leaking_servers, naive=naive_leaking_servers,
              todo="find the LISTEN ports; count CLOSE_WAIT rows whose LOCAL port is one of them."),
 ]

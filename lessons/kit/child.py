@@ -25,6 +25,8 @@ import textwrap
 import time
 from typing import Callable, Optional
 
+import psutil
+
 from .processes import ROOT
 
 TIMEOUT = 5.0   # how long any wait on a child may take
@@ -83,9 +85,23 @@ class Child:
         if self.alive():
             self.proc.send_signal(sig)
 
-    def pause(self) -> None:
-        """SIGSTOP: the process stops running, but its kernel keeps its sockets (and ACKs)."""
+    def pause(self, timeout: Optional[float] = None) -> None:
+        """SIGSTOP: the process stops running, but its kernel keeps its sockets (and ACKs).
+        Returns once every thread of it has stopped (a signal arrives a moment after kill())."""
         self.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._stopped():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the child did not stop")
+            time.sleep(0.002)
+
+    def _stopped(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            tasks = [psutil.Process(t.id) for t in process.threads()] if sys.platform.startswith("linux") else [process]
+            return all(task.status() == psutil.STATUS_STOPPED for task in tasks)
+        except psutil.NoSuchProcess:
+            return True
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
