@@ -1,4 +1,4 @@
-"""A peer can vanish without a word: FIN, RST and silence look different, and only timeouts and heartbeats notice silence.
+"""Connections end with FIN, RST or silence; only timeouts and heartbeats notice silence.
 
     python -m lessons.09_dead_peers                          # demo: endings, a paused server, states
     python -m lessons.09_dead_peers serve [--idle-timeout 10] [--port 9909]
@@ -14,16 +14,16 @@ The protocol: lines. ``PING`` is answered ``PONG``; any other line is echoed. A
 client silent for ``--idle-timeout`` seconds (default 10; 0: never) is sent
 ``BYE idle`` and dropped, so a vanished client cannot hold a thread forever.
 
-How a connection ends, and what the other side sees:
+How a connection ends, and what recv() shows the other side:
 
-    the peer...                      its kernel sends   the other side's recv()       its send()
-    closes, or shutdown(SHUT_WR)     FIN                b'' (EOF)                      works (half-close)
-    is killed (SIGKILL, a crash)     FIN                b'' (EOF)                      once; then EPIPE
-    closes with unread data          RST                ConnectionResetError           ConnectionResetError
-    closes with SO_LINGER 0          RST                ConnectionResetError           ConnectionResetError
-    (nobody listens on the port)     RST to the SYN     connect(): ConnectionRefusedError
-    is stopped (SIGSTOP), hung       ACKs, no data      waits: only a timeout ends it  works, until buffers fill
-    host died, cable cut             nothing at all     waits: only a timeout ends it  retransmits ~15 min
+    the peer...                   its kernel sends   recv() on the other side
+    closes, or shutdown(SHUT_WR)  FIN                b'' (EOF)
+    is killed (SIGKILL, a crash)  FIN                b'' (EOF); a send() then meets RST
+    closes with unread data       RST                ConnectionResetError
+    closes with SO_LINGER 0       RST                ConnectionResetError
+    nobody listens on the port    RST to the SYN     connect(): ConnectionRefusedError
+    is stopped (SIGSTOP), hung    ACKs, no data      waits; only a timeout ends it
+    host died, cable cut          nothing at all     waits; only a timeout ends it
 
 Keepalive (SO_KEEPALIVE) probes an idle connection, but a stopped process's
 kernel answers the probes: only the application (a heartbeat, an idle timeout)
@@ -153,7 +153,8 @@ def keepalive(sock: socket.socket, idle: int = 1, interval: int = 1, count: int 
     """
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     done = ["SO_KEEPALIVE"]
-    for names, value in ((("TCP_KEEPIDLE", "TCP_KEEPALIVE"), idle),   # macOS calls the first TCP_KEEPALIVE
+    # macOS calls the first one TCP_KEEPALIVE.
+    for names, value in ((("TCP_KEEPIDLE", "TCP_KEEPALIVE"), idle),
                          (("TCP_KEEPINTVL",), interval), (("TCP_KEEPCNT",), count)):
         name = next((n for n in names if hasattr(socket, n)), None)
         if name:
@@ -162,7 +163,8 @@ def keepalive(sock: socket.socket, idle: int = 1, interval: int = 1, count: int 
     return done
 
 
-def paused_server(wait: float = KEEPALIVE_WAIT, deadline: float = 0.5, states: Optional[SocketStates] = None) -> dict:
+def paused_server(wait: float = KEEPALIVE_WAIT, deadline: float = 0.5,
+                  states: Optional[SocketStates] = None) -> dict:
     """Pause this lesson's server (SIGSTOP) and watch two clients: one trusts keepalive, one pings."""
     states = states if states is not None else SocketStates()
     with Child(["-m", "lessons.09_dead_peers", "serve", "--port", "0", "--idle-timeout", "0"]) as child:
@@ -235,7 +237,8 @@ def half_close(states: SocketStates) -> None:
     with connection(states) as (client, server):
         client.sendall(b"question")
         client.shutdown(socket.SHUT_WR)
-        states.snap("client: sendall(b'question'), shutdown(SHUT_WR)", {C: "FIN_WAIT2", S: "CLOSE_WAIT"})
+        states.snap("client: sendall(b'question'), shutdown(SHUT_WR)",
+                    {C: "FIN_WAIT2", S: "CLOSE_WAIT"})
         seen = [attempt(lambda: server.recv(100)), attempt(lambda: server.recv(100))]
         server.sendall(b"answer")
         server.close()
@@ -269,11 +272,13 @@ def killed(states: SocketStates) -> None:
         with server:
             states.snap("a child process connects", {C: "ESTABLISHED", S: "ESTABLISHED"})
             child.kill()
-            states.snap("kill -KILL the child (its kernel closes its socket)", {C: "FIN_WAIT2", S: "CLOSE_WAIT"})
+            states.snap("kill -KILL the child (its kernel closes its socket)",
+                        {C: "FIN_WAIT2", S: "CLOSE_WAIT"})
             seen = [attempt(lambda: server.recv(100)), attempt(lambda: server.send(b"anyone?"))]
             # That send reached a socket nobody owns any more: the answer is a reset.
             states.snap(f"server: recv() → {seen[0]}, send(b'anyone?') → {seen[1]}", {})
-            states.snap(f"server: send(b'anyone?') → {attempt(lambda: server.send(b'anyone?'))}", {})
+            again = attempt(lambda: server.send(b"anyone?"))
+            states.snap(f"server: send(b'anyone?') → {again}", {})
 
 
 def unread_close(states: SocketStates) -> None:
@@ -313,7 +318,7 @@ ENDINGS = {"FIN": fin, "half-close": half_close, "SIGKILL": killed, "RST: unread
 # --- CLOSE_WAIT piling up: the tutorial's select loop never closes a socket. ---
 
 def tutorial_select_loop(listener, stop, log, clients=None, close_on_eof=False):
-    """The tutorial's select loop (its lines; ours marked): on EOF it forgets a socket without closing it.
+    """The tutorial's select loop (ours marked): at EOF it forgets a socket without closing it.
 
     ``clients``: a list to remember each accepted socket in, as real servers remember
     their clients (a name, a buffer). ``close_on_eof``: the one-line fix.
@@ -323,7 +328,8 @@ def tutorial_select_loop(listener, stop, log, clients=None, close_on_eof=False):
     outputs = []
 
     while inputs and not stop.is_set():                                 # (ours: and not stop...)
-        readable, writable, exceptional = select.select(inputs, outputs, inputs, POLL_INTERVAL)  # (ours: timeout)
+        readable, writable, exceptional = select.select(inputs, outputs, inputs,
+                                                        POLL_INTERVAL)  # (ours: a timeout)
 
         for s in readable:
             if s is server_socket:
@@ -457,7 +463,7 @@ def ctrl_c_with_a_worker():
         time.sleep(30)
     except KeyboardInterrupt:
         time.sleep(0.2)
-        print(f"main thread: KeyboardInterrupt; worker still blocked: {worker.is_alive()}", flush=True)
+        print("main thread: KeyboardInterrupt; worker still blocked:", worker.is_alive(), flush=True)
     # The daemon worker dies with the process; a server must wake it instead (below).
 
 
@@ -469,7 +475,8 @@ def wake_blocked_recv(how: str) -> tuple[bool, str]:
         conn, _ = listener.accept()
         conn.settimeout(0.5)       # bounds the wait if nothing wakes it
         ended: list = []
-        reader = threading.Thread(target=lambda: ended.append(attempt(lambda: conn.recv(100))), daemon=True)
+        reader = threading.Thread(target=lambda: ended.append(attempt(lambda: conn.recv(100))),
+                                  daemon=True)
         reader.start()
         time.sleep(0.1)            # let it block
         if how == "shutdown":
@@ -535,25 +542,26 @@ def socketserver_shutdown() -> tuple[bytes, bool]:
     import socketserver
 
     class Echo(socketserver.StreamRequestHandler):
-        timeout = 2                # a silent client cannot hold its thread (server_close joins them)
+        timeout = 2    # a silent client cannot hold its thread for ever (server_close joins them)
 
         def handle(self):
             for line in self.rfile:
                 self.wfile.write(line)
 
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  daemon=True)
         thread.start()
         with socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
             sock.sendall(b"hi\n")
             reply = sock.recv(100)
-        server.shutdown()          # never from the serve_forever thread itself: it would wait forever
+        server.shutdown()    # never from the serve_forever thread itself: it would wait for ever
         thread.join(JOIN_TIMEOUT)
     return reply, not thread.is_alive()   # leaving the with block called server_close()
 
 
 def asyncio_signals():
-    """asyncio: loop.add_signal_handler runs the handler inside the loop, which then closes cleanly."""
+    """asyncio: add_signal_handler runs the handler inside the loop, which then closes cleanly."""
     import asyncio
     import signal
 
