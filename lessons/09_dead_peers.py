@@ -469,21 +469,27 @@ def ctrl_c_with_a_worker():
 
 def wake_blocked_recv(how: str) -> tuple[bool, str]:
     """Block a thread in recv(), then call shutdown(SHUT_RDWR) or close() on its socket
-    from another thread: (woke within 0.2 s?, what recv() ended with)."""
+    from another thread: (woke within 0.3 s?, what recv() ended with)."""
     with socket.create_server(("127.0.0.1", 0)) as listener, \
             socket.create_connection(listener.getsockname(), timeout=TIMEOUT) as peer:
         conn, _ = listener.accept()
-        conn.settimeout(0.5)       # bounds the wait if nothing wakes it
+        conn.settimeout(0.8)       # bounds the wait if nothing wakes it
         ended: list = []
-        reader = threading.Thread(target=lambda: ended.append(attempt(lambda: conn.recv(100))),
-                                  daemon=True)
+        blocking = threading.Event()
+
+        def read():
+            blocking.set()
+            ended.append(attempt(lambda: conn.recv(100)))
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        time.sleep(0.1)            # let it block
+        blocking.wait(TIMEOUT)
+        time.sleep(0.1)            # let it block in recv()
         if how == "shutdown":
             conn.shutdown(socket.SHUT_RDWR)
         else:
             conn.close()           # frees the descriptor; the blocked recv() does not notice
-        reader.join(0.2)
+        reader.join(0.3)
         woke = not reader.is_alive()
         reader.join(JOIN_TIMEOUT)
         conn.close()
