@@ -36,14 +36,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lessons.kit.loadgen import run_load          # noqa: E402
+from lessons.kit.echoservers import echo_servers  # noqa: E402
 from lessons.kit.processes import ServerProcess, machine  # noqa: E402
 from lessons.kit.server import raise_fd_limit     # noqa: E402
 
-SERVERS = {
-    "lesson 05 selectors (default)": ["lessons.05_select", "serve", "--quiet"],
-    "asyncio Protocol": ["lessons.kit.baselines", "protocol"],
-    "asyncio streams": ["lessons.kit.baselines", "streams"],
-}
+OURS = "05 selectors (default)"
+SERVERS = {s.name: list(s.argv) for s in echo_servers()
+           if s.name in (OURS, "asyncio Protocol", "asyncio streams")}
 
 
 PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
@@ -51,8 +50,8 @@ SERVER_CPU, LOAD_CPU = 0, 1
 
 
 class Server(ServerProcess):
-    def __init__(self, module_args):
-        super().__init__(["-m", *module_args])
+    def __init__(self, argv):
+        super().__init__(argv)
         if PIN:
             os.sched_setaffinity(self.proc.pid, {SERVER_CPU})
 
@@ -111,7 +110,7 @@ def throughput(rounds: int, seconds: float, generator: str | None) -> dict:
 
 
 def scale(connections: int, requests_each: int) -> dict:
-    server = Server(SERVERS["lesson 05 selectors (default)"])
+    server = Server(SERVERS[OURS])
     rss = {}
     try:
         rss["before"] = server.rss_kib()
@@ -148,7 +147,7 @@ def main() -> int:
           f"{'loadgen.c' if generator else 'the Python load generator'}; "
           f"{'server and load pinned to separate cores' if PIN else 'no CPU pinning'}")
     rates = throughput(rounds, seconds, generator)
-    ours, baseline = rates["lesson 05 selectors (default)"], rates["asyncio Protocol"]
+    ours, baseline = rates[OURS], rates["asyncio Protocol"]
     ratio = ours["median_rps"] / baseline["median_rps"]
     print(f"ratio, lesson 05 selectors / asyncio Protocol, median of the measured rounds: {ratio:.2f}x "
           f"(warm-up round alone: {ours['warm_up_rps'] / baseline['warm_up_rps']:.2f}x)")

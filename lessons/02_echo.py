@@ -1,10 +1,10 @@
 """TCP is a byte stream, so an echo server loops on recv() and answers with sendall().
 
     python -m lessons.02_echo                       # demo: polite and hostile clients
-    python -m lessons.02_echo serve [--port 9999]   # an RFC 862 echo server
+    python -m lessons.02_echo serve [--port 9902]   # an RFC 862 echo server
     python -m lessons.02_echo client 'hello'        # send, half-close, print the reply
 
-Try the server with netcat too: ``nc 127.0.0.1 9999``, type a line, press Ctrl-D.
+Try the server with netcat too: ``nc 127.0.0.1 9902``, type a line, press Ctrl-D.
 
 The contract (RFC 862, TCP echo): every byte a client sends comes back
 unchanged, until the client closes its sending side; then the server closes.
@@ -161,7 +161,7 @@ def add_client_args(parser) -> None:
 
 def main(argv=None) -> int:
     return run_lesson(argv, doc=__doc__, name="02_echo", demo=demo, serve=serve,
-                      add_client_args=add_client_args, client=client, port=9999)
+                      add_client_args=add_client_args, client=client, port=9902)
 
 
 if __name__ == "__main__":

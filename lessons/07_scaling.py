@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import socket
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 
 from lessons.kit import echo
 from lessons.kit.cli import main_guard, run_lesson
+from lessons.kit.echoservers import echo_servers
 from lessons.kit.loadgen import run_load
 from lessons.kit.processes import ServerProcess, machine
 from lessons.kit.server import JOIN_TIMEOUT, accept_until, raise_fd_limit
@@ -80,17 +80,10 @@ def _echo_one(conn: socket.socket, log: Transcript, who: str) -> None:
 
 # --- The designs under test, each started as its own process. ---
 
-ARCHITECTURES = {
-    "02 iterative": ["-m", "lessons.02_echo", "serve", "--quiet"],
-    "07 thread per client": ["-m", "lessons.07_scaling", "serve", "--quiet"],
-    "04 polling": ["-m", "lessons.04_nonblocking", "serve", "--quiet"],
-    "05 select()": ["-m", "lessons.05_select", "serve", "--quiet", "--selector", "select"],
-    "05 selectors (default)": ["-m", "lessons.05_select", "serve", "--quiet"],
-    "asyncio streams": ["-m", "lessons.kit.baselines", "streams"],
-    "asyncio Protocol": ["-m", "lessons.kit.baselines", "protocol"],
-}
-if importlib.util.find_spec("uvloop") is not None:   # optional, never required
-    ARCHITECTURES["asyncio Protocol + uvloop"] = ["-m", "lessons.kit.baselines", "protocol", "--uvloop"]
+# Every design in its own process, from the kit's one list of echo servers; one
+# selectors backend is enough here (the default: epoll on Linux, kqueue on macOS).
+ARCHITECTURES = {server.name: list(server.argv) for server in echo_servers()
+                 if not server.name.startswith("05 selectors/")}
 
 
 # --- One measurement, and the sweep. ---

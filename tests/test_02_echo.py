@@ -36,7 +36,7 @@ def test_a_reset_in_the_middle_of_an_echo_is_logged_not_fatal(server):
     assert echo.echo(server.address, b"next") == b"next"
     # Served in turn, so by now the server has met the reset and logged it.
     errors = [e for e in server.log.events(SERVER) if e.kind == ERROR]
-    assert [e.conn for e in errors] == ["client 1"]
+    assert [e.who for e in errors] == ["client 1"]
     assert errors[0].detail in ("ConnectionResetError", "BrokenPipeError")
     assert server.errors == []
 

@@ -1,51 +1,46 @@
 """Every echo server in the workbook keeps lesson 02's contract, against polite and hostile clients.
 
-Lesson 02's iterative server, lesson 07's thread per client, lesson 04's
-polling loop, lesson 05's select() server and its selectors server on every
-backend this platform has.
+The servers come from the kit's one list (lessons/kit/echoservers.py), run in process.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import socket
 
 import pytest
 
 from lessons.kit import adversary, running
+from lessons.kit.echo import echo
+from lessons.kit.echoservers import echo_servers
 from tests.conftest import lesson
 
-echo = lesson("02_echo")
-polling = lesson("04_nonblocking")
-multiplexed = lesson("05_select")
-scaling = lesson("07_scaling")
-
-SERVERS = {
-    "02 iterative": echo.serve,
-    "07 thread per client": scaling.serve,
-    "04 polling": polling.serve,
-    "05 select()": multiplexed.serve_select,
-    **{f"05 selectors/{name}": multiplexed.make_serve(name) for name in multiplexed.SELECTORS},
-}
-CONCURRENT = {name: serve for name, serve in SERVERS.items() if name != "02 iterative"}
+SERVERS = {s.name: s for s in echo_servers(in_process=True)}
+CONCURRENT = [name for name, s in SERVERS.items() if s.concurrent]
 MIB = 1024 * 1024
 
 
-@pytest.fixture(params=list(SERVERS), ids=list(SERVERS))
+def serve_function(name: str):
+    entry = SERVERS[name]
+    return functools.partial(getattr(lesson(entry.lesson), entry.function), **entry.kwargs)
+
+
+@pytest.fixture(params=list(SERVERS))
 def server(request):
-    with running(SERVERS[request.param]) as srv:
+    with running(serve_function(request.param)) as srv:
         yield srv
 
 
-@pytest.fixture(params=list(CONCURRENT), ids=list(CONCURRENT))
+@pytest.fixture(params=CONCURRENT)
 def concurrent_server(request):
-    with running(CONCURRENT[request.param]) as srv:
+    with running(serve_function(request.param)) as srv:
         yield srv
 
 
 def test_round_trip_empty_and_binary(server):
-    assert echo.echo(server.address, b"hello") == b"hello"
-    assert echo.echo(server.address, b"") == b""
-    assert echo.echo(server.address, bytes(range(256)) * 3) == bytes(range(256)) * 3
+    assert echo(server.address, b"hello") == b"hello"
+    assert echo(server.address, b"") == b""
+    assert echo(server.address, bytes(range(256)) * 3) == bytes(range(256)) * 3
 
 
 def test_ten_mebibytes(server):
@@ -59,13 +54,13 @@ def test_one_byte_at_a_time(server):
 def test_resets_do_not_stop_the_server(server):
     adversary.reset(server.address)
     adversary.reset(server.address, b"half a message")
-    assert echo.echo(server.address, b"still serving") == b"still serving"
+    assert echo(server.address, b"still serving") == b"still serving"
     assert server.errors == []
 
 
 def test_a_hundred_clients_in_a_row(server):
     for i in range(100):
-        assert echo.echo(server.address, b"n%d" % i) == b"n%d" % i
+        assert echo(server.address, b"n%d" % i) == b"n%d" % i
 
 
 def test_two_hundred_concurrent_clients_each_echo_a_mebibyte(concurrent_server):
@@ -78,7 +73,7 @@ def test_two_hundred_concurrent_clients_each_echo_a_mebibyte(concurrent_server):
 
 def test_a_silent_client_does_not_hold_up_the_others(concurrent_server):
     with adversary.silent(concurrent_server.address), adversary.silent(concurrent_server.address):
-        assert echo.echo(concurrent_server.address, b"not blocked", timeout=2) == b"not blocked"
+        assert echo(concurrent_server.address, b"not blocked", timeout=2) == b"not blocked"
 
 
 def test_a_client_that_never_reads_does_not_hold_up_the_others(concurrent_server):
@@ -90,4 +85,11 @@ def test_a_client_that_never_reads_does_not_hold_up_the_others(concurrent_server
                 sent += hog.send(b"h" * MIB)
         except BlockingIOError:
             pass
-        assert echo.echo(concurrent_server.address, b"still answered", timeout=2) == b"still answered"
+        assert echo(concurrent_server.address, b"still answered", timeout=2) == b"still answered"
+
+
+def test_every_process_server_in_the_list_starts_and_echoes():
+    from lessons.kit.processes import ServerProcess
+    for entry in echo_servers():
+        with ServerProcess(list(entry.argv)) as server:
+            assert echo(server.address, entry.name.encode()) == entry.name.encode(), entry.name

@@ -1,11 +1,19 @@
-"""The command line that every lesson module shares.
+"""The pieces of every lesson's command line: demo, serve and client.
 
     python -m lessons.NN_name                 # demo: self-contained, exits 0
     python -m lessons.NN_name serve [--host H] [--port P]
     python -m lessons.NN_name client ...      # talks to a running server
 
-``serve`` prints ``listening on HOST:PORT`` as its first line, flushed at once so
-a script reading the pipe learns the port (use ``--port 0`` for a free one).
+Each lesson builds its parser in plain sight in its ``main()``, from these::
+
+    parser, commands = lesson_parser(__doc__, "02_echo")
+    serve_cmd = serve_command(commands, port=9902)
+    client_cmd = client_command(commands, port=9902)
+    client_cmd.add_argument("message", help="text to send")
+    args = parser.parse_args(argv)
+
+``serve`` prints ``listening on HOST:PORT`` as its first line, flushed at once
+so a script reading the pipe learns the port (use ``--port 0`` for a free one).
 Ctrl-C or SIGTERM stops it cleanly with exit status 0.
 
 The default host is 127.0.0.1: only programs on this machine can connect.
@@ -16,34 +24,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import socket
 import sys
-import threading
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
-from .server import JOIN_TIMEOUT, Stopper, bound_socket
+from .server import BackgroundServer, bound_socket
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9999
+DEFAULT_HOST = "127.0.0.1"
 
 # Serve mode logs to stderr so stdout carries only the "listening on" line
 # (and nothing else a script might have to parse).
 stderr = Console(stderr=True, highlight=False)
 
 
-def add_address_args(parser: argparse.ArgumentParser, port: int = DEFAULT_PORT, transport: str = "tcp") -> None:
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to use (default %(default)s: this machine only)")
-    parser.add_argument("--port", type=port_number, default=port,
-                        help=f"{transport.upper()} port, 0 to pick a free one (default %(default)s)")
-    parser.add_argument("--timeout", type=positive_seconds, default=5.0,
-                        help="seconds to wait on the network before giving up (default %(default)s)")
-
+# --- Argument types: each refuses nonsense with a one-line message. ---
 
 def port_number(text: str) -> int:
+    """A TCP or UDP port, 0 to 65535."""
     try:
         port = int(text)
     except ValueError:
@@ -53,131 +56,172 @@ def port_number(text: str) -> int:
     return port
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
-    return value
+def host_name(text: str) -> str:
+    """A host name or address; never empty (an unset shell variable must not mean 'every interface')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty host: give an address such as 127.0.0.1 "
+                                         "(or 0.0.0.0 to listen on every interface)")
+    return text.strip()
 
 
-def serve_forever(serve: Callable, host: str, port: int, name: str, quiet: bool = False,
+def seconds(minimum: float = 0.0, maximum: float = 3600.0, zero_means: Optional[str] = None):
+    """An argument type for a finite number of seconds in (minimum, maximum];
+    with ``zero_means``, 0 is allowed too and means that (e.g. "no timeout")."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if zero_means is not None and value == 0:
+            return 0.0
+        if not math.isfinite(value) or not minimum < value <= maximum:
+            low = f"0 ({zero_means}) or more than {minimum:g}" if zero_means else f"more than {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {low} and at most {maximum:g} seconds, not {text}")
+        return value
+    return parse
+
+
+def whole_number(minimum: int, maximum: int, what: str = "a number"):
+    """An argument type for an integer in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", "").replace(",", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{what} must be between {minimum:,} and {maximum:,}, not {value:,}")
+        return value
+    return parse
+
+
+# --- The parser: lesson_parser(), then a serve and a client command. ---
+
+def lesson_parser(doc: str, name: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser of ``python -m lessons.NAME``, and the place to add its commands.
+    With no command, a lesson runs its demo."""
+    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}", description=doc.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="With no command, runs the demo.")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
+    commands.add_parser("demo", help="run a self-contained demonstration (the default)")
+    return parser, commands
+
+
+def serve_command(commands, port: int, transport: str = "tcp") -> argparse.ArgumentParser:
+    """``serve [--host H] [--port P] [--quiet]``: run the server in the foreground."""
+    cmd = commands.add_parser("serve", help="run the server in the foreground (Ctrl-C stops it)")
+    cmd.add_argument("--host", type=host_name, default=DEFAULT_HOST,
+                     help="address to listen on (default %(default)s: this machine only)")
+    cmd.add_argument("--port", type=port_number, default=port,
+                     help=f"{transport.upper()} port to listen on, 0 to pick a free one (default %(default)s)")
+    cmd.add_argument("--quiet", action="store_true", help="log nothing to stderr (for benchmarks)")
+    return cmd
+
+
+def client_command(commands, port: int, transport: str = "tcp", timeout: float = 5.0,
+                   max_timeout: float = 3600.0, help: str = "talk to a running server") -> argparse.ArgumentParser:
+    """``client [--host H] [--port P] [--timeout S] ...``: talk to a running server."""
+    cmd = commands.add_parser("client", help=help)
+    cmd.add_argument("--host", type=host_name, default=DEFAULT_HOST,
+                     help="the server's address (default %(default)s)")
+    cmd.add_argument("--port", type=port_number, default=port,
+                     help=f"the server's {transport.upper()} port (default %(default)s)")
+    cmd.add_argument("--timeout", type=seconds(0, max_timeout), default=timeout,
+                     help=f"seconds to wait for the server before giving up (at most {max_timeout:g}, "
+                          "default %(default)s)")
+    return cmd
+
+
+# --- Running the commands ---
+
+def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server",
                   transport: str = "tcp") -> int:
-    """Run ``serve`` in the foreground until Ctrl-C or SIGTERM."""
+    """Run ``serve`` in the foreground on ``args.host``/``args.port`` until Ctrl-C or SIGTERM."""
     try:
-        listener = bound_socket(transport, host, port, family=_family(host))
-    except OSError as exc:
-        stderr.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/]")
+        listener = bound_socket(transport, args.host, args.port)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        stderr.print(f"[red]cannot listen on {_format_address((args.host, args.port))}: {reason}[/]")
         return 1
-    stop = Stopper()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    quiet = getattr(args, "quiet", False)
     # In the foreground, log who comes and goes, not every recv and send: printing
     # each one would slow a busy server down to the speed of the terminal.
     log = Transcript(maxlen=1000, live=None if quiet else _log_live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
-    bound = listener.getsockname()
-    print(f"listening on {_format_address(bound)}", flush=True)
-    # The server runs in a worker thread so that the main thread is free to take
+    server = BackgroundServer(serve, listener, log, name, transport)
+    # The server runs in its own thread so that this main thread is free to take
     # signals at any moment, whatever the server is blocked on.
-    failure: list = []
-
-    def target():
-        try:
-            serve(listener, stop, log)
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-
-    worker = threading.Thread(target=target, name=name, daemon=True)
-    worker.start()
+    previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.2):
+        print(f"listening on {_format_address(listener.getsockname())}", flush=True)
+        server.start()
+        while not server.stop.wait(0.2):
             pass
+        server.shutdown(reraise=False)
     finally:
-        stop.set()
-        worker.join(JOIN_TIMEOUT)
-        listener.close()
-        if not worker.is_alive():
-            stop.close_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if failure:
-        stderr.print(f"[red]server failed: {failure[0]!r}[/]")
+    if server.errors:
+        stderr.print(f"[red]server failed: {type(server.errors[0]).__name__}: {server.errors[0]}[/]")
         return 1
     stderr.print("[dim]stopped[/]")
     return 0
 
 
-def _family(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a client command; turn network errors into one clear line and exit status 1."""
+    where = _format_address((args.host, args.port))
+    try:
+        return client(args)
+    except ConnectionRefusedError:
+        stderr.print(f"[red]connection refused: is a server listening on {where}?[/]")
+    except socket.timeout:
+        stderr.print(f"[red]timed out after {args.timeout:g} s waiting for {where}[/]")
+    except socket.gaierror as exc:
+        stderr.print(f"[red]cannot find {args.host!r}: {exc.strerror or exc}[/]")
+    except (ConnectionError, OSError) as exc:
+        stderr.print(f"[red]network error talking to {where}: {exc.strerror or exc}[/]")
+    except KeyboardInterrupt:
+        return 130
+    return 1
 
 
 def _format_address(address: tuple) -> str:
     host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _log_live(event: Event) -> None:
-    who = f"{event.conn}: " if event.conn and event.kind != "accept" else ""
-    stderr.print(f"[dim]{who}{event.describe()}[/]")
+    # A Text, not markup: a client's name may contain "[bold]".
+    who = f"{event.who}: " if event.who and event.kind != "accept" else ""
+    stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 
 
 def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,
                demo: Callable[[], int], serve: Callable,
                add_client_args: Callable[[argparse.ArgumentParser], None],
                client: Callable[[argparse.Namespace], int],
-               port: int = DEFAULT_PORT,
+               port: int,
                add_serve_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
                serve_from_args: Optional[Callable[[argparse.Namespace], Callable]] = None,
                transport: str = "tcp",
                add_demo_args: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> int:
-    """Parse the shared command line and run demo, serve or client.
-
-    A lesson whose server takes options adds them with ``add_serve_args`` and
-    builds its serve function from them with ``serve_from_args``.
-    """
-    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}",
-                                     description=doc.strip().splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="With no command, runs the demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
-    demo_parser = commands.add_parser("demo", help="run a self-contained demonstration (the default)")
+    """The whole command line in one call, for lessons that need nothing special."""
+    parser, commands = lesson_parser(doc, name)
     if add_demo_args:   # a demo with options takes them with or without the word "demo"
         add_demo_args(parser)
-        add_demo_args(demo_parser)
-    serve_parser = commands.add_parser("serve", help="run the server in the foreground")
-    add_address_args(serve_parser, port, transport)
-    serve_parser.add_argument("--quiet", action="store_true",
-                              help="do not log connections to stderr (for benchmarks)")
+        add_demo_args(commands.choices["demo"])
+    serve_cmd = serve_command(commands, port, transport)
     if add_serve_args:
-        add_serve_args(serve_parser)
-    client_parser = commands.add_parser("client", help="talk to a running server")
-    add_address_args(client_parser, port, transport)
-    add_client_args(client_parser)
+        add_serve_args(serve_cmd)
+    add_client_args(client_command(commands, port, transport))
     args = parser.parse_args(argv)
-
-    if args.command in (None, "demo"):
-        return demo(args) if add_demo_args else demo()
     if args.command == "serve":
-        return serve_forever(serve_from_args(args) if serve_from_args else serve, args.host, args.port, name,
-                             quiet=args.quiet, transport=transport)
-    try:
-        return client(args)
-    except ConnectionRefusedError:
-        stderr.print(f"[red]connection refused: is a server listening on {args.host}:{args.port}?[/]")
-    except socket.timeout:
-        stderr.print(f"[red]timed out after {args.timeout:g} s waiting for {args.host}:{args.port}[/]")
-    except (ConnectionError, OSError) as exc:
-        stderr.print(f"[red]network error talking to {args.host}:{args.port}: {exc}[/]")
-    except KeyboardInterrupt:
-        return 130
-    return 1
+        return serve_forever(serve_from_args(args) if serve_from_args else serve, args, name, transport)
+    if args.command == "client":
+        return run_client(client, args)
+    return demo(args) if add_demo_args else demo()
 
 
 def main_guard(main: Callable[[], int]) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pathlib
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -18,24 +19,52 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
 class ServerProcess:
-    """A server in a child process; reads its port, CPU time and memory."""
+    """A server in a child process, started as a learner would start it; a context manager.
 
-    def __init__(self, argv: list[str], start_timeout: float = 15.0):
-        self.proc = subprocess.Popen([sys.executable, *argv, "--port", "0"], cwd=ROOT, text=True,
+        with ServerProcess.lesson("02_echo") as server:     # python -m lessons.02_echo serve --port 0
+            talk_to(server.address)
+        server.returncode, server.stderr                    # after it stopped
+
+    It reads the port from the ``listening on HOST:PORT`` line, and can report
+    the child's CPU time and memory. Leaving the block stops it with SIGTERM
+    (then SIGKILL if it does not stop) and reaps it: nothing is left running.
+    """
+
+    def __init__(self, argv: list[str], start_timeout: float = 15.0, env: dict | None = None):
+        self.proc = subprocess.Popen([sys.executable, *argv, "--port", "0"], cwd=ROOT, text=True, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.address = None
+        self.returncode: int | None = None
+        self.stderr = ""
         line = _readline(self.proc, start_timeout)
         if not line.startswith("listening on "):
             self.stop()
-            code = self.proc.returncode
-            raise RuntimeError(f"did not start (exit {code})" if code is not None else "did not start in time")
+            code = self.returncode
+            detail = f": {self.stderr.strip().splitlines()[-1]}" if self.stderr.strip() else ""
+            raise RuntimeError((f"did not start (exit {code})" if code is not None else "did not start in time")
+                               + detail)
         host, port = line.split()[-1].rsplit(":", 1)
-        self.address = (host, int(port))
+        self.address = (host.strip("[]"), int(port))
+
+    @classmethod
+    def lesson(cls, name: str, *options: str, **kwargs) -> "ServerProcess":
+        """``python -m lessons.NAME serve OPTIONS --port 0``."""
+        return cls(["-m", f"lessons.{name}", "serve", *options], **kwargs)
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
 
     def alive(self) -> bool:
+        """Whether the child is still running."""
         return self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
+        """User plus system CPU time the child has used so far."""
         try:
             fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -43,6 +72,7 @@ class ServerProcess:
             return _ps(self.proc.pid, "time")
 
     def rss_kib(self) -> int:
+        """The child's resident memory, in KiB."""
         try:
             for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -51,16 +81,24 @@ class ServerProcess:
             pass
         return int(_ps(self.proc.pid, "rss"))
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
+        """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); return (exit status, stderr)."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+            self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.returncode, self.stderr = self.proc.returncode, self.stderr + (err or "")
+        return self.returncode, self.stderr
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.returncode is None:
+            self.stop()
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
@@ -87,6 +125,7 @@ def _ps(pid: int, field: str) -> float:
 
 
 def machine() -> dict:
+    """The OS, Python version, CPU model and core count: recorded with every measurement."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as cpuinfo:
         cpu = next(l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name"))

@@ -26,6 +26,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from rich.table import Table
+from rich.text import Text
+
 CLIENT, SERVER = "client", "server"
 
 # Event kinds. Only these take part in the causal merge; any other kind
@@ -38,18 +41,20 @@ READY = "ready"   # a wake-up of an event loop; detail lists what was ready (les
 
 @dataclass(frozen=True)
 class Event:
+    """One thing one side did: a send, a recv, an accept, a note..."""
     side: str          # CLIENT or SERVER
     kind: str          # one of the kinds above
-    conn: str = ""     # which connection: "client 1", "alice", ...
+    who: str = ""      # which connection, as a label: "client 1", "alice", ...
     nbytes: int = 0    # for SEND and RECV
     detail: str = ""   # short, deterministic text: never a port or an address
 
     def describe(self) -> str:
+        """The event in a few words, as a transcript row shows it."""
         words = {
             SEND: f"send {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
             RECV: f"recv {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
             EOF: "recv → b'' (EOF)",
-            ACCEPT: f"accept {self.conn}".rstrip(),
+            ACCEPT: f"accept {self.who}".rstrip(),
         }
         text = words.get(self.kind, self.kind)
         if self.kind == NOTE:
@@ -74,10 +79,11 @@ class Transcript:
         """Whether record(kind) would keep anything: skip building costly details if not."""
         return self._kinds is None or kind in self._kinds
 
-    def record(self, side: str, kind: str, conn: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
+    def record(self, side: str, kind: str, who: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
+        """Append an event (thread-safe); returns it, or None if this transcript does not keep that kind."""
         if self._kinds is not None and kind not in self._kinds:
             return None
-        event = Event(side, kind, conn, nbytes, detail)
+        event = Event(side, kind, who, nbytes, detail)
         with self._changed:
             self._events.append(event)
             self._changed.notify_all()
@@ -86,6 +92,7 @@ class Transcript:
         return event
 
     def events(self, side: Optional[str] = None) -> list[Event]:
+        """The events so far, in arrival order (only one side's, if given)."""
         with self._lock:
             return [e for e in self._events if side is None or e.side == side]
 
@@ -95,6 +102,7 @@ class Transcript:
             return self._changed.wait_for(lambda: predicate(list(self._events)), timeout)
 
     def wait_for_event(self, side: str, kind: str, count: int = 1, timeout: float = 5.0) -> bool:
+        """Block until ``side`` has recorded ``count`` events of ``kind``, or timeout; returns whether it did."""
         return self.wait_for(lambda evs: sum(e.side == side and e.kind == kind for e in evs) >= count, timeout)
 
     def timeline(self, title: str = "readiness timeline", max_rows: int = 40):
@@ -102,6 +110,7 @@ class Transcript:
         return render_timeline(self.events(SERVER), title=title, max_rows=max_rows)
 
     def ordered(self) -> list[Event]:
+        """The events in causal order: the same on every run (see causal_order)."""
         return causal_order(self.events())
 
     def render(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
@@ -112,6 +121,11 @@ class Transcript:
         """
         events = self.ordered() if causal else self.events()
         return render_lanes(events, title=title, max_rows=max_rows)
+
+    def sequence(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
+        """The same record as a sequence diagram (an SVG picture): see kit.sequence."""
+        from .sequence import sequence_diagram   # (sequence imports this module)
+        return sequence_diagram(self.ordered() if causal else self.events(), title=title, max_rows=max_rows)
 
 
 def _other(side: str) -> str:
@@ -126,20 +140,21 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
     arrival order only if neither can move (a record that breaks the rules above).
     """
     events = list(events)
+    arrival = {id(e): i for i, e in enumerate(events)}
     lanes = {CLIENT: [e for e in events if e.side == CLIENT],
              SERVER: [e for e in events if e.side == SERVER]}
     pos = {CLIENT: 0, SERVER: 0}
-    sent = collections.Counter()      # (side, conn) -> bytes sent so far
-    received = collections.Counter()  # (side, conn) -> bytes received so far
-    closed = set()                    # (side, conn) that shut down or closed
+    sent = collections.Counter()      # (side, who) -> bytes sent so far
+    received = collections.Counter()  # (side, who) -> bytes received so far
+    closed = set()                    # (side, who) that shut down or closed
     listening = False
     connects = accepts = 0
     out: list[Event] = []
 
     def ready(e: Event) -> bool:
-        peer = (_other(e.side), e.conn)
+        peer = (_other(e.side), e.who)
         if e.kind == RECV:
-            return sent[peer] >= received[(e.side, e.conn)] + e.nbytes
+            return sent[peer] >= received[(e.side, e.who)] + e.nbytes
         if e.kind == EOF:
             return peer in closed
         if e.kind == ACCEPT:
@@ -150,7 +165,7 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
 
     def take(e: Event) -> None:
         nonlocal listening, connects, accepts
-        key = (e.side, e.conn)
+        key = (e.side, e.who)
         if e.kind == SEND:
             sent[key] += e.nbytes
         elif e.kind == RECV:
@@ -172,30 +187,29 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
                 pos[side] += 1
                 break
         else:  # neither lane can move: the record broke the rules; keep arrival order
+            # (by identity: two events with equal fields are still two different events)
             nxt = min((lanes[s][pos[s]] for s in lanes if pos[s] < len(lanes[s])),
-                      key=events.index)
+                      key=lambda e: arrival[id(e)])
             take(nxt)
             pos[nxt.side] += 1
     return out
 
 
-def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60):
-    from rich.table import Table
-    from rich.text import Text
-
+def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60) -> Table:
+    """A rich Table with one column per side (client, server) and one row per event."""
     # A lane nobody recorded in (a server-only view, say) is left out.
     lanes = [side for side in (CLIENT, SERVER) if any(e.side == side for e in events)] or [CLIENT, SERVER]
-    table = Table(title=title, title_justify="left", show_lines=False)
+    table = Table(title=title, title_justify="left", show_lines=False, min_width=len(title) + 2)
     table.add_column("#", justify="right", style="dim")
     for side in lanes:
         table.add_column(side, style="cyan" if side == CLIENT else "magenta")
     shown = events if len(events) <= max_rows else events[: max_rows - 1]
     # Name the connection on each row only when there is more than one to tell apart.
-    several = len({e.conn for e in events if e.conn}) > 1
+    several = len({e.who for e in events if e.who}) > 1
     for i, e in enumerate(shown, 1):
         text = e.describe()
-        if several and e.conn and e.kind != ACCEPT:
-            text = f"[{e.conn}] {text}"
+        if several and e.who and e.kind != ACCEPT:
+            text = f"[{e.who}] {text}"
         style = "bold red" if e.kind == ERROR else ""
         # Text(), not a str: "[client 2]" must not be read as rich markup.
         cells = [Text(text, style=style) if side == e.side else Text("") for side in lanes]
@@ -207,17 +221,14 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
 
 def render_timeline(events: list[Event], title: str = "readiness timeline", max_rows: int = 40):
     """Group a server's events under the READY event that woke the loop before them."""
-    from rich.table import Table
-    from rich.text import Text
-
     rows: list[tuple[str, list[str]]] = []
     for e in events:
         if e.kind == READY:
             rows.append((e.detail, []))
         elif rows and e.kind != LISTEN:
-            who = f"{e.conn}: " if e.conn and e.kind != ACCEPT else ""
+            who = f"{e.who}: " if e.who and e.kind != ACCEPT else ""
             rows[-1][1].append(who + e.describe())
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title) + 2)
     table.add_column("wake-up", justify="right", style="dim")
     table.add_column("ready", style="cyan")
     table.add_column("what the loop did", style="magenta")
