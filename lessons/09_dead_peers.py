@@ -357,7 +357,7 @@ def tutorial_select_loop(listener, stop, log, clients=None, close_on_eof=False):
             inputs.remove(s)
             if s in outputs:
                 outputs.remove(s)
-    for s in inputs[1:] + (clients or []):                              # (ours: close when stopped)
+    for s in inputs[1:] + (clients or []):                              # (ours: close at stop)
         s.close()
 
 
@@ -463,7 +463,8 @@ def ctrl_c_with_a_worker():
         time.sleep(30)
     except KeyboardInterrupt:
         time.sleep(0.2)
-        print("main thread: KeyboardInterrupt; worker still blocked:", worker.is_alive(), flush=True)
+        blocked = worker.is_alive()
+        print("main thread: KeyboardInterrupt; worker still blocked:", blocked, flush=True)
     # The daemon worker dies with the process; a server must wake it instead (below).
 
 

@@ -62,7 +62,7 @@ def test_a_client_sending_one_byte_per_second_stays_while_a_silent_one_is_droppe
         steady.sendall(b"\n")
         assert steady.recv(100) == b"ab\n"
         assert silent.recv(100) == dead.BYE
-    assert [e.conn for e in server.log.events(SERVER) if e.kind == NOTE] == ["client 2"]
+    assert [e.who for e in server.log.events(SERVER) if e.kind == NOTE] == ["client 2"]
 
 
 def test_idle_timeout_zero_never_drops():
