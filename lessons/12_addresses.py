@@ -30,7 +30,7 @@ import tempfile
 import threading
 
 from lessons.kit.check import describe_error
-from lessons.kit.children import crash_a_server, reaped, upper_echo_child
+from lessons.kit.unixpeers import crash_a_server, reaped, upper_echo_child
 from lessons.kit.cli import lesson_parser, main_guard, serve_forever, stderr
 from lessons.kit.echo import echo, handle
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK, NO_IPV6,

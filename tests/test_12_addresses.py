@@ -20,7 +20,7 @@ import threading
 import pytest
 
 from lessons.kit import adversary
-from lessons.kit.children import crash_a_server, permission_experiment
+from lessons.kit.unixpeers import crash_a_server, permission_experiment
 from lessons.kit.echo import echo
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK,
                                   NO_IPV6, NO_OTHER_USER, NO_PEERCRED, NO_UNIX, address_kind,
