@@ -12,6 +12,7 @@
 - :mod:`.processes`  servers in child processes: port, CPU time, memory
 - :mod:`.baselines`  asyncio echo servers to measure against
 """
+from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running
 from .transcript import Transcript
 

@@ -135,14 +135,17 @@ def client_command(commands, port: int, transport: str = "tcp", timeout: float =
 # --- Running the commands ---
 
 def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server",
-                  transport: str = "tcp") -> int:
-    """Run ``serve`` in the foreground on ``args.host``/``args.port`` until Ctrl-C or SIGTERM."""
-    try:
-        listener = bound_socket(transport, args.host, args.port)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        stderr.print(f"[red]cannot listen on {_format_address((args.host, args.port))}: {reason}[/]")
-        return 1
+                  transport: str = "tcp", listener: Optional[socket.socket] = None) -> int:
+    """Run ``serve`` in the foreground until Ctrl-C or SIGTERM, on ``args.host``/``args.port``
+    (or on ``listener``, a socket the lesson bound itself: a Unix path, say)."""
+    if listener is None:
+        try:
+            listener = bound_socket(transport, args.host, args.port)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            stderr.print(Text(f"cannot listen on {describe_address((args.host, args.port))}: {reason}",
+                              style="red"))
+            return 1
     quiet = getattr(args, "quiet", False)
     # In the foreground, log who comes and goes, not every recv and send: printing
     # each one would slow a busy server down to the speed of the terminal.
@@ -154,7 +157,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"listening on {_format_address(listener.getsockname())}", flush=True)
+        print(f"listening on {describe_address(server.address, listener.family)}", flush=True)
         server.start()
         while not server.stop.wait(0.2):
             pass
@@ -163,7 +166,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if server.errors:
-        stderr.print(f"[red]server failed: {type(server.errors[0]).__name__}: {server.errors[0]}[/]")
+        stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
         return 1
     stderr.print("[dim]stopped[/]")
     return 0
@@ -171,7 +174,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
 
 def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a client command; turn network errors into one clear line and exit status 1."""
-    where = _format_address((args.host, args.port))
+    where = describe_address((args.host, args.port))
     try:
         return client(args)
     except ConnectionRefusedError:
@@ -187,7 +190,12 @@ def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Names
     return 1
 
 
-def _format_address(address: tuple) -> str:
+def describe_address(address, family: int = socket.AF_INET) -> str:
+    """An address as a person writes it: ``127.0.0.1:9902``, ``[::1]:9902``, ``unix:/tmp/s``, ``unix:@name``."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        if isinstance(address, bytes):                      # Linux's abstract namespace
+            return "unix:@" + address[1:].decode(errors="replace")
+        return f"unix:{address or '(unnamed)'}"
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
