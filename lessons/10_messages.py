@@ -50,7 +50,8 @@ MAX_HEADER = 1024           # bytes of envelope header
 MAX_BODY = 16 << 20         # bytes of envelope body
 ACCEPTED = {"application/json", "text/plain", "application/octet-stream"}   # never pickle
 FILE_SIZE = struct.Struct("!Q")   # 8 bytes, network byte order: files can pass 4 GiB
-MAX_SLEEP = 5.0
+MAX_SLEEP = 5.0             # seconds sleep() may be asked for
+MAX_TIMEOUT = 300.0         # seconds the client may be told to wait
 
 
 # --- Messages, not bytes: a header that says what the body is ---
@@ -344,6 +345,9 @@ def add_client_args(parser) -> None:
 
 
 def client(args) -> int:
+    if not 0 < args.timeout <= MAX_TIMEOUT:   # inf or a year would make a client that never gives up
+        stderr.print(f"[red]--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds[/]")
+        return 2
     params = [parse_arg(a) for a in args.args]
     with jsonrpc.RpcClient((args.host, args.port), timeout=args.timeout) as rpc:
         if args.notify:

@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 import zmq
 
+from .adversary import closed_port
+
 TIMEOUT_MS = 2000    # the longest any receive here waits
 POLL_MS = 50         # how often a background loop looks at its stop flag
 JOIN_TIMEOUT = 5.0
@@ -221,22 +223,49 @@ def spread_work(ctx: zmq.Context, numbers: list[int], workers: int = 3) -> dict[
 
 # --- What ZeroMQ does not promise ---
 
-def slow_joiner(ctx: zmq.Context, count: int = 1000) -> list[int]:
-    """Publish ``count`` numbered messages right after a subscriber connects; return what it got.
+def slow_joiner(ctx: zmq.Context, count: int = 100) -> list[int]:
+    """Start the subscriber FIRST, then a publisher that sends ``count`` numbered messages
+    at once and one more later; return the numbers the subscriber got.
 
-    connect() returns at once; the connection and the subscription follow,
-    a fraction of a millisecond later. What was published before then is gone.
+    Connecting happens in the background. Here the subscriber's first try finds
+    nobody listening, and it tries again 300 ms later (``RECONNECT_IVL``); on a
+    busy network the handshake alone takes that long. The publisher does not
+    wait for anyone: what it sends before the subscription arrives is dropped.
     """
-    with open_socket(ctx, zmq.PUB) as pub, open_socket(ctx, zmq.SUB, timeout_ms=200) as sub:
-        endpoint = bind(pub)
-        sub.connect(endpoint)
-        sub.subscribe(b"")
-        for i in range(count):
-            pub.send(b"%d" % i)
-        received = []
-        while sub.poll(200):
-            received.append(int(sub.recv()))
-        return received
+    host, port = closed_port()
+    endpoint = f"tcp://{host}:{port}"
+    with open_socket(ctx, zmq.SUB) as sub:
+        sub.reconnect_ivl = 300
+        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED)
+        try:
+            sub.connect(endpoint)
+            sub.subscribe(b"")
+            if not monitor.poll(TIMEOUT_MS):    # its first try failed; the next is 300 ms away
+                raise TimeoutError("the subscriber never tried to connect")
+        finally:
+            sub.disable_monitor()
+            monitor.close()
+        with open_socket(ctx, zmq.PUB) as pub:
+            bind(pub, endpoint)
+            for i in range(count):
+                pub.send_multipart([b"news", b"%d" % i])
+            _until_subscribed(pub, sub)
+            pub.send_multipart([b"news", b"%d" % count])
+            got = []
+            while not got or got[-1] != count:
+                topic, body = sub.recv_multipart()
+                if topic == b"news":
+                    got.append(int(body))
+            return got
+
+
+def _until_subscribed(pub: zmq.Socket, sub: zmq.Socket, tries: int = 200) -> None:
+    """Publish probes until the subscriber gets one: ZeroMQ's guide calls this synchronising."""
+    for _ in range(tries):
+        pub.send_multipart([b"probe", b""])
+        if sub.poll(20):
+            return
+    raise TimeoutError("the subscription never arrived")
 
 
 def late_subscriber(ctx: zmq.Context) -> tuple[list[int], list[int]]:
@@ -252,10 +281,7 @@ def late_subscriber(ctx: zmq.Context) -> tuple[list[int], list[int]]:
         with open_socket(ctx, zmq.SUB) as sub:
             sub.connect(endpoint)
             sub.subscribe(b"")
-            for _ in range(100):                       # probe until the subscription is in place
-                pub.send_multipart([b"probe", b""])
-                if sub.poll(20):
-                    break
+            _until_subscribed(pub, sub)
             for i in range(6, 11):
                 pub.send_multipart([b"news", b"%d" % i])
             got = []
