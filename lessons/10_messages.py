@@ -1,29 +1,26 @@
 """From bytes to messages, from messages to remote calls, from sockets to a message queue.
 
     python -m lessons.10_messages                        # demo: every part below, in a few seconds
-    python -m lessons.10_messages serve [--port 9910]    # a JSON-RPC 2.0 server, a JSON value a line
-    python -m lessons.10_messages client add 2 3         # prints 5
-    python -m lessons.10_messages client echo héllo      # ARGS are JSON where they parse, else strings
+    python -m lessons.10_messages serve [--port 9910]    # JSON-RPC 2.0, one JSON value a line
+    python -m lessons.10_messages client add 2 3         # prints 5 (ARGS: JSON where they parse)
 
 ``nc 127.0.0.1 9910`` is a client too: type
 ``{"jsonrpc": "2.0", "method": "add", "params": [2, 3], "id": 1}`` and Enter.
-The server's methods: ``echo(text)``, ``add(a, b)``, ``sleep(seconds)`` (0 to
-5 s, and only this connection waits) and ``deposit(amount, request_id=None)``.
-The client exits 0 with the result, 1 on an error reply or a network failure,
-2 on a bad command line.
+Methods: ``echo(text)``, ``add(a, b)``, ``sleep(seconds)`` (0 to 5 s; only this
+connection waits) and ``deposit(amount, request_id=None)``. The client exits 0
+with the result, 1 on an error reply or a network failure, 2 on a bad command line.
 
-The original tutorial ends by saying that message queues and RPC frameworks
-are taking the place of point-to-point sockets. Each step up hides something:
+The tutorial ends by saying that message queues and RPC frameworks are taking
+the place of point-to-point sockets. Each step up hides something:
 
-    bytes      a TCP stream, no boundaries                        lesson 02
-    frames     a 4-byte length before each message (!I)           lesson 02, kit.stream
-    messages   a header saying what the bytes are                 send_envelope(): type, encoding, length
-    calls      a request with an id; a result or an error back    XML-RPC, JSON-RPC (kit.jsonrpc)
-    queues     patterns between many peers                        ZeroMQ (kit.mq); brokers
+    bytes      a TCP stream, no boundaries                     lessons 01-05
+    frames     a 4-byte length before each message (!I)        lesson 02, kit.stream
+    messages   a header saying what the bytes are              send_envelope() below
+    calls      a request with an id; a result or an error      XML-RPC; JSON-RPC (kit.jsonrpc)
+    queues     patterns between many peers                     ZeroMQ (kit.mq); brokers
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import functools
@@ -278,56 +275,55 @@ def demo() -> int:
     import tempfile
     import uuid
     from rich.console import Console
+    from rich.table import Table
     from lessons.kit import mq, running
     from lessons.kit.adversary import connected_pair
     from lessons.kit.relay import lossy_relay
 
-    say = Console(highlight=False).print
-    checks = []
-    Console().rule("[bold]Lesson 10: messages, RPC and message queues")
+    rows = []   # (what we tried, what happened, whether that is what should happen)
     with connected_pair() as (a, b):
         send_envelope(a, "你好".encode("gbk"), "text/plain", "gbk")
-        checks.append(recv_envelope(b) == ("text/plain", "你好"))
+        got = recv_envelope(b)
+        rows.append(("an envelope of GBK text", repr(got[1]), got == ("text/plain", "你好")))
         send_message(a, pickle.dumps(Crafted()))
         naive_receive_object(b)
-        checks.append(len(EVIDENCE) == 1)
-        say(f"pickle from the network ran the sender's choice of call: {EVIDENCE}")
+        rows.append(("pickle.loads() of crafted bytes", "it ran record(), the sender's choice", len(EVIDENCE) == 1))
     with tempfile.TemporaryDirectory() as tmp, connected_pair() as (a, b):
         source, copy = os.path.join(tmp, "sent.bin"), os.path.join(tmp, "received.bin")
         with open(source, "wb") as f:
             f.write(os.urandom(3_000_001))
-        receiver = threading.Thread(target=lambda: checks.append(receive_file(b, copy)[1] == sha256_of(source)))
+        digest = []
+        receiver = threading.Thread(target=lambda: digest.append(receive_file(b, copy)[1]))
         receiver.start()
         send_file(a, source)
         receiver.join(JOIN_TIMEOUT)
-        say(f"sendfile(): 3,000,001 bytes, SHA-256 the same at both ends: {checks[-1]}")
+        rows.append(("sendfile() of 3,000,001 bytes", "SHA-256 the same at both ends", digest == [sha256_of(source)]))
     with xmlrpc_server(pow) as url, xmlrpc_proxy(url) as proxy:
-        checks.append(proxy.pow(2, 10) == 1024)
-        say(f"XML-RPC: pow(2, 10) on the server = {proxy.pow(2, 10)}")
+        rows.append(("XML-RPC pow(2, 10)", str(proxy.pow(2, 10)), proxy.pow(2, 10) == 1024))
     with running(serve) as server, jsonrpc.RpcClient(server.address) as client:
-        checks.append(client.call("add", 2, 3) == 5)
-        client.send('[{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "a"}, {"foo": "bar"}]')
-        reply = client.receive()
-        checks.append([r.get("result", r.get("error", {}).get("code")) for r in reply] == [3, -32600])
-        say(f"JSON-RPC: add(2, 3) = 5; a batch of one good request and one bad: {json.dumps(reply)}")
+        rows.append(("JSON-RPC add(2, 3)", str(client.call("add", 2, 3)), client.call("add", 2, 3) == 5))
+        client.send('[{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}, {"foo": "bar"}, 7]')
+        codes = [r.get("result", r.get("error", {}).get("code")) for r in client.receive()]
+        rows.append(("a batch: one good, two bad", f"{codes}", codes == [3, -32600, -32600]))
     for request_id in (None, str(uuid.uuid4())):
         ledger = Ledger()
         with running(make_serve(ledger)) as server, lossy_relay(server.address, lose=1) as relay:
             balance = call_with_retry(relay.address, "deposit", 100, request_id)
-        checks.append((ledger.runs, balance) == ((2, 200) if request_id is None else (1, 100)))
-        say(f"deposit(100), first reply lost, retried {'with' if request_id else 'without'} a request id: "
-            f"ran {ledger.runs} time(s), balance {balance}")
+        rows.append((f"deposit(100), reply lost, retried {'with' if request_id else 'without'} a request id",
+                     f"ran {ledger.runs}x, balance {balance}", balance == (100 if request_id else 200)))
     with mq.context() as ctx:
         with mq.background(mq.shouter, ctx) as endpoint:
-            checks.append(mq.ask(ctx, endpoint, b"hello") == [b"HELLO"])
-        work = mq.spread_work(ctx, list(range(30)))
-        checks.append(sorted(len(v) for v in work.values()) == [10, 10, 10])
-        got, wanted = mq.late_subscriber(ctx)
-        checks.append(got == wanted[5:])
-        say(f"ZeroMQ: REQ/REP b'hello' → b'HELLO'; 30 tasks over 3 PUSH/PULL workers: "
-            f"{sorted(len(v) for v in work.values())}; a late subscriber got {got} of 1-10")
-    say("all as expected" if all(checks) else f"[red]unexpected results: {checks}[/]")
-    return 0 if all(checks) else 1
+            reply = mq.ask(ctx, endpoint, b"hello")
+        rows.append(("ZeroMQ REQ/REP b'hello'", repr(reply[0]), reply == [b"HELLO"]))
+        counts = sorted(len(v) for v in mq.spread_work(ctx, list(range(30))).values())
+        rows.append(("ZeroMQ PUSH/PULL: 30 tasks, 3 workers", f"{counts} each", counts == [10, 10, 10]))
+        got = mq.slow_joiner(ctx, count=100)
+        rows.append(("ZeroMQ PUB/SUB: subscriber first", f"got {got} of 0-100", got == [100]))
+    table = Table("tried", "what happened", "as expected", title="Lesson 10: messages, RPC and message queues")
+    for tried, happened, ok in rows:
+        table.add_row(tried, happened, "yes" if ok else "[red]NO[/]")
+    Console(highlight=False).print(table)
+    return 0 if all(ok for *_, ok in rows) else 1
 
 
 def parse_arg(text: str):

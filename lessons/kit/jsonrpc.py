@@ -251,7 +251,7 @@ def serve_connection(conn: socket.socket, methods: dict, log: Transcript, who: s
                 if not line.strip():               # a blank line (nc, telnet): nothing to answer
                     continue
                 log.record(SERVER, RECV, who, len(line), detail=_peek(line))
-                reply = handle_line(methods, line)
+                reply = handle_line(methods, line.rstrip(b"\r\n"))
                 if reply is not None:
                     _reply(conn, log, who, reply)
         except socket.timeout:
