@@ -9,6 +9,7 @@
 Methods: ``echo(text)``, ``add(a, b)``, ``sleep(seconds)`` (0 to 5 s; only this
 connection waits) and ``deposit(amount, request_id=None)``. The client exits 0
 with the result, 1 on an error reply or a network failure, 2 on a bad command line.
+A request line over 65,536 bytes gets error -32600 and the connection is closed.
 
 The tutorial ends by saying that message queues and RPC frameworks are taking
 the place of point-to-point sockets. Each step up hides something:
