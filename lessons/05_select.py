@@ -64,8 +64,8 @@ def tutorial_select_loop(listener, stop, log):
     outputs = []
 
     while inputs and not stop.is_set():                                   # (ours: and not stop)
-        readable, writable, exceptional = select.select(inputs, outputs, inputs,
-                                                        POLL_INTERVAL)    # (ours: a timeout)
+        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours:
+                                                        POLL_INTERVAL)  # (ours: a timeout)
 
         for s in readable:
             if s is server_socket:
@@ -90,7 +90,7 @@ def tutorial_select_loop(listener, stop, log):
             if s in outputs:
                 outputs.remove(s)
     for s in inputs[1:]:                                                  # (ours: at stop only)
-        s.close()
+        s.close()                                                         # (ours)
 
 
 def tutorial_loop_remembering(listener, stop, log):
@@ -102,8 +102,8 @@ def tutorial_loop_remembering(listener, stop, log):
     clients = {}                                                          # (ours)
 
     while inputs and not stop.is_set():                                   # (ours: and not stop)
-        readable, writable, exceptional = select.select(inputs, outputs, inputs,
-                                                        POLL_INTERVAL)    # (ours: a timeout)
+        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours:
+                                                        POLL_INTERVAL)  # (ours: a timeout)
 
         for s in readable:
             if s is server_socket:
@@ -129,7 +129,7 @@ def tutorial_loop_remembering(listener, stop, log):
             if s in outputs:
                 outputs.remove(s)
     for s in clients:                                                     # (ours: at stop only)
-        s.close()
+        s.close()                                                         # (ours)
 
 
 # --- Steps 2 and 3 share the per-socket work: accept, read, write, close. ---
@@ -234,14 +234,14 @@ class Echoer:
         conn.client_done, conn.output = True, bytearray()
 
 
-def wants_to_read(conn: Connection) -> bool:
+def wants_to_read(conn: Connection, limit: int = OUTPUT_LIMIT) -> bool:
     """Read only while the client may send more and its echo has room: that is backpressure."""
-    return not conn.client_done and len(conn.output) < OUTPUT_LIMIT
+    return not conn.client_done and len(conn.output) < limit
 
 
-def interest(conn: Connection) -> int:
+def interest(conn: Connection, limit: int = OUTPUT_LIMIT) -> int:
     """What to wait for on conn: readable while it may read, writable while output waits."""
-    return ((selectors.EVENT_READ if wants_to_read(conn) else 0)
+    return ((selectors.EVENT_READ if wants_to_read(conn, limit) else 0)
             | (selectors.EVENT_WRITE if conn.output else 0))
 
 
