@@ -64,7 +64,7 @@ def tutorial_select_loop(listener, stop, log):
     outputs = []
 
     while inputs and not stop.is_set():                                   # (ours: and not stop)
-        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours:
+        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours: cut,
                                                         POLL_INTERVAL)  # (ours: a timeout)
 
         for s in readable:
@@ -102,7 +102,7 @@ def tutorial_loop_remembering(listener, stop, log):
     clients = {}                                                          # (ours)
 
     while inputs and not stop.is_set():                                   # (ours: and not stop)
-        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours:
+        readable, writable, exceptional = select.select(inputs, outputs, inputs,  # (ours: cut,
                                                         POLL_INTERVAL)  # (ours: a timeout)
 
         for s in readable:
