@@ -1,4 +1,4 @@
-"""Non-blocking sockets: one thread serves many clients by never waiting, and pays for it in CPU.
+"""Non-blocking: one thread serves many clients by never waiting, and pays in CPU.
 
     python -m lessons.04_nonblocking                # demo: the tutorial's line, EAGAIN, the cost
     python -m lessons.04_nonblocking serve [--port 9904] [--idle-timeout 60]

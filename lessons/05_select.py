@@ -1,4 +1,4 @@
-"""select() and selectors: one thread waits on many sockets at once, and wakes for those ready.
+"""select() and selectors: one thread waits for whichever of many sockets is ready.
 
     python -m lessons.05_select                   # demo: the tutorial's loop, then fixed
     python -m lessons.05_select serve [--selector default|select|poll|epoll] [--idle-timeout 60]
