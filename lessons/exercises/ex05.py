@@ -266,8 +266,7 @@ def check_loop_once(fn):
 
 EXERCISES = [
     Exercise("05_select", "interest", check=check_interest, naive=naive_interest,
-             todo="EVENT_READ while it may read and output is below limit; EVENT_WRITE while output waits."),
+             todo="EVENT_READ while it may read, below limit; EVENT_WRITE while output waits."),
     Exercise("05_select", "loop_once", check=check_loop_once, naive=naive_loop_once,
-             todo=("for each (key, mask) from sel.select(timeout): accept and register, or read and "
-                   "write; then unregister and close, or modify to interest(conn).")),
+             todo="serve what sel.select(timeout) returns; register, modify, unregister."),
 ]
