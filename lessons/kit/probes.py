@@ -103,7 +103,8 @@ def polite_clients(serve: Callable, clients: int = 20, every: int = 5,
     with closed_by_the_collector() as collected:
         gc.collect()
         with running(serve) as server:
-            before = open_descriptors()   # with whatever the server opened for itself
+            time.sleep(2 * POLL_INTERVAL)   # let it open what it needs for itself (a selector)
+            before = open_descriptors()
             replies, held = collections.Counter(), []
             for number in range(1, clients + 1):
                 with connect(server.address, timeout=2) as sock:
