@@ -387,7 +387,7 @@ def demo() -> int:
     say(f"    {crash['the server']}")
     say(f"  the client waiting its turn gets {crash['the client waiting its turn got']}")
     held = probes.polite_clients(tutorial_loop_remembering)["descriptors held after every 5 clients"]
-    say("  it never calls close(): with a dict of clients, after 5, 10, 15, 20 clients")
+    say("  it never calls close(); add a dict of clients, and after 5, 10, 15, 20 clients")
     say(f"    it holds {', '.join(map(str, held))} descriptors")
     ok = hello == b"Hello, world!" and "ValueError" in crash["the server"] and held[-1] == 20
     say("[bold]Fixed: one thread, any way of waiting:")
