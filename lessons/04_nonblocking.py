@@ -68,8 +68,8 @@ IDLE_TIMEOUT = 60.0      # close a connection that moved no byte for this long (
 def tutorial_server_nonblocking(listener, stop, log):
     """The tutorial's echo server with its line setblocking(0) added. It does not survive."""
     server_socket = listener   # (ours: running() made it: socket(), bind() to port 0, listen())
-    server_socket.setblocking(0)  # 设置为非阻塞
     log.record(SERVER, NOTE, detail="Server listening on port 9999...")   # (ours: was print)
+    server_socket.setblocking(0)  # 设置为非阻塞
 
     while not stop.is_set():                                         # (ours: was while True)
         # 接受客户端连接
