@@ -165,7 +165,7 @@ def _raise_if_dead(server) -> None:
         raise RuntimeError(f"loop_once raised {error}")
 
 
-def _wait(condition, timeout: float = 1.0) -> bool:
+def _wait(condition, timeout: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -187,7 +187,7 @@ def _outcome(run, call: str, expected: str, fn, guard) -> Outcome:
 def _one(fn, guard):
     def run(fn):
         with _serving(fn) as (server, sel, echoer):
-            reply = echo(server.address, b"hello", timeout=1)
+            reply = echo(server.address, b"hello", timeout=3)
             _wait(lambda: not echoer.connections)
             left = sel.watched()
         return (f"{reply!r} back; the selector still watches {left} connection(s)" if left
@@ -199,7 +199,7 @@ def _one(fn, guard):
 def _twenty(fn, guard):
     def run(fn):
         with _serving(fn) as (server, sel, echoer):
-            good = sum(echo(server.address, b"n%d" % i, timeout=1) == b"n%d" % i for i in range(20))
+            good = sum(echo(server.address, b"n%d" % i, timeout=3) == b"n%d" % i for i in range(20))
             _wait(lambda: not echoer.connections)
         wrong = sel.closed_first
         got = f"{good} echoes" + (f"; {len(wrong)} closed before they were unregistered" if wrong else
@@ -212,7 +212,7 @@ def _twenty(fn, guard):
 def _flood(fn, guard):
     def run(fn):
         with _serving(fn) as (server, sel, echoer):
-            reply = adversary.flood(server.address, 8 * MIB, timeout=2)
+            reply = adversary.flood(server.address, 8 * MIB, timeout=4)
         ok = reply == adversary.flood_pattern(8 * MIB)
         return ("all 8 MiB back, intact" if ok else f"{len(reply):,} bytes back, not the same"), ok
     return _outcome(run, _flood.call, _flood.expected, fn, guard)
