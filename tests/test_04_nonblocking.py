@@ -118,28 +118,28 @@ def silent_then_dropped(address, within: float) -> bool:
 
 def test_a_silent_client_is_let_go_and_an_active_one_stays():
     log = Transcript()
-    with running(functools.partial(polling.serve, idle_timeout=0.3), log=log) as server:
+    with running(functools.partial(polling.serve, idle_timeout=0.5), log=log) as server:
         box = []
-        dribbler = threading.Thread(target=lambda: box.append(dribble_for(server.address, 0.9, 0.1)))
+        dribbler = threading.Thread(target=lambda: box.append(dribble_for(server.address, 1.0, 0.1)))
         dribbler.start()
         assert silent_then_dropped(server.address, within=2.0)
         dribbler.join(5)
-    assert box == [b"d" * 9]   # a byte every 0.1 s for 0.9 s: three timeouts long, never idle
+    assert box == [b"d" * 10]   # a byte every 0.1 s for 1 s: two timeouts long, never idle
     idle = [e for e in log.events(SERVER) if e.kind == CLOSE and "idle" in e.detail]
-    assert [e.detail for e in idle] == ["idle for 0.3 s"]
+    assert [e.detail for e in idle] == ["idle for 0.5 s"]
 
 
 def check_idle_timeout_from_the_command_line(name: str, *options: str) -> None:
     """``serve --idle-timeout 1``: a silent client is dropped; one that sends a byte every
-    0.3 s for 1.5 s (longer than the timeout, never silent for it) stays."""
+    0.25 s for 1.5 s (longer than the timeout, never silent for it) stays."""
     with ServerProcess.lesson(name, "--idle-timeout", "1", *options) as served:
         box = []
-        dribbler = threading.Thread(target=lambda: box.append(dribble_for(served.address, 1.5, 0.3)))
+        dribbler = threading.Thread(target=lambda: box.append(dribble_for(served.address, 1.5, 0.25)))
         dribbler.start()
         assert silent_then_dropped(served.address, within=3.0)
         dribbler.join(6)
         code, err = served.stop(signal.SIGTERM)
-    assert box == [b"d" * 5]
+    assert box == [b"d" * 6]
     assert code == 0 and "idle for 1 s" in err and "Traceback" not in err
 
 

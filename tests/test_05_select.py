@@ -209,14 +209,14 @@ def test_timeline_names_sockets_without_ports(serve):
 def test_a_silent_client_is_let_go_and_an_active_one_stays(serve):
     import threading
     log = Transcript()
-    with running(functools.partial(serve, idle_timeout=0.3), log=log) as server:
+    with running(functools.partial(serve, idle_timeout=0.5), log=log) as server:
         box = []
-        dribbler = threading.Thread(target=lambda: box.append(dribble_for(server.address, 0.9, 0.1)))
+        dribbler = threading.Thread(target=lambda: box.append(dribble_for(server.address, 1.0, 0.1)))
         dribbler.start()
         assert silent_then_dropped(server.address, within=2.0)
         dribbler.join(5)
-    assert box == [b"d" * 9]
-    assert [e.detail for e in log.events(SERVER) if e.kind == CLOSE and e.detail] == ["idle for 0.3 s"]
+    assert box == [b"d" * 10]
+    assert [e.detail for e in log.events(SERVER) if e.kind == CLOSE and e.detail] == ["idle for 0.5 s"]
 
 
 def test_idle_timeout_from_the_command_line():
