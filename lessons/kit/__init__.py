@@ -7,6 +7,8 @@
 - :mod:`.adversary`  dribblers, floods, resets, silent peers
 - :mod:`.check`      exercise checks that print ✓/✗ and never hang
 - :mod:`.show`       syntax-highlighted source for notebooks
+- :mod:`.chat`       the chat room's protocol (lesson 03), tested: limits, texts, clean, names
+- :mod:`.lineclient` a client for line protocols (ChatClient), and a person's terminal session
 - :mod:`.probes`     careless clients against a server, and the sockets it leaves behind
 - :mod:`.loadgen`    a load generator that checks every reply (lesson 07, benchmarks)
 - :mod:`.processes`  servers in child processes: port, CPU time, memory
