@@ -1,0 +1,255 @@
+"""A fast single-threaded echo server: lesson 05's selectors loop with the Python work per message cut down.
+
+    python -m lessons.kit.fastecho --port 0      # prints "listening on HOST:PORT"; Ctrl-C stops it
+
+Same contract as every echo server in the workbook (lesson 02): every byte
+comes back, whatever the size; after the client's EOF the server closes once
+all of the echo is sent; a reset ends only that connection; a client that
+never reads holds up nobody. Same shape too: ``serve(listener, stop, log)``.
+
+Lesson 05's server is written to be read: a ``Connection`` object per client,
+``readable()`` and ``writable()`` methods, the selectors module, an event in
+the transcript for every recv and send. Each of those is a few Python function
+calls per message, and on loopback a message costs only a few microseconds, so
+they add up. This variant does the same work with fewer steps of Python per
+message. Each change below was measured (``benchmarks/fast_echo.py`` shows the
+profile behind each, and ``benchmarks/RESULTS.md`` what each bought):
+
+1. ``select.epoll`` directly instead of ``selectors``: ``poll()`` returns plain
+   ``(fd, events)`` pairs, with no ``SelectorKey`` built for each event.
+2. One shape of event is the common one, and gets a straight path: a client
+   with nothing pending sent a message. Read it, send it straight back from
+   the bytes ``read()`` returned (no output buffer to append to and trim), and
+   go on. Everything else (a new client, a partial send, EOF, errors) leaves
+   that path.
+3. Backpressure without bookkeeping: a client whose echo did not all fit in
+   the socket buffer is not read again until it has (its interest switches
+   from readable to writable). So a client holds at most one read of server
+   memory, the kernel's socket buffers do the queueing, and an event for a
+   readable client always means "nothing pending", with no check needed.
+4. Descriptors, not socket objects, on the path: ``os.read(fd)`` and
+   ``os.write(fd)`` are the same system calls as ``recv`` and ``send``, and
+   keying on the ``fd`` that epoll returns saves a dictionary lookup and a
+   method lookup per message. (The socket objects still own the descriptors,
+   and close them.)
+5. The transcript records accepts, EOFs, errors and closes, never each
+   message: building and filtering an event per recv and send is work per
+   message too.
+
+What is left per message is two system calls (``read``, ``write``), a share
+of one ``epoll_wait``, and about 20 bytecodes.
+
+Where ``select.epoll`` is missing (macOS, Windows) the same loop runs on
+``selectors.DefaultSelector`` (kqueue, poll or select): slower, same contract.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import selectors
+import socket
+
+from .server import POLL_INTERVAL, raise_fd_limit
+from .transcript import ACCEPT, CLOSE, EOF, ERROR, SERVER, Transcript
+
+RECV_SIZE = 65536      # ask for a lot: a read returns what has arrived, up to this
+MAX_EVENTS = 1024      # events taken from the kernel per epoll_wait
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def serve(listener: socket.socket, stop, log: Transcript) -> None:
+    """Echo every client on one thread, with epoll where the platform has it."""
+    if hasattr(select, "epoll"):
+        serve_epoll(listener, stop, log)
+    else:
+        serve_portable(listener, stop, log)
+
+
+class _Clients:
+    """Everything but the common event, shared by both loops: accept, flush, close."""
+
+    def __init__(self, listener: socket.socket, log: Transcript, poller, IN: int, OUT: int):
+        self.listener, self.log = listener, log
+        self.poller, self.IN, self.OUT = poller, IN, OUT   # epoll or a selector: same three methods
+        self.socks: dict[int, socket.socket] = {}      # fd -> the socket that owns it
+        self.names: dict[int, str] = {}                # fd -> "client N", for the transcript
+        self.pending: dict[int, bytes] = {}            # fd -> echo not yet sent
+        self.accepted = 0
+        self.paused = False                            # out of descriptors: listener not watched
+
+    def accept_all(self) -> None:
+        """Take every client waiting in the backlog: under load many arrive at once."""
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:             # it reset before we got to it
+                continue
+            except OSError as exc:
+                if exc.errno not in OUT_OF_FILES:
+                    raise
+                # Out of descriptors: stop watching the listener until a client
+                # leaves, rather than waking up for it over and over meanwhile.
+                self.log.record(SERVER, ERROR, detail=f"cannot accept: {os.strerror(exc.errno)}")
+                self.poller.unregister(self.listener.fileno())
+                self.paused = True
+                return
+            self.accepted += 1
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # echo each message at once
+            fd = sock.fileno()
+            self.socks[fd] = sock
+            self.names[fd] = who = f"client {self.accepted}"
+            self.log.record(SERVER, ACCEPT, who)
+            self.poller.register(fd, self.IN)
+
+    def hold(self, fd: int, rest: bytes) -> None:
+        """The client is slow to read: keep the rest of its echo, stop reading it until sent."""
+        self.pending[fd] = rest
+        self.poller.modify(fd, self.OUT)
+
+    def flush(self, fd: int) -> None:
+        """Writable again (or failed: send says which): send what is left of the echo."""
+        data = self.pending[fd]
+        try:
+            sent = self.socks[fd].send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            return self.fail(fd, exc)
+        if sent == len(data):
+            del self.pending[fd]
+            self.poller.modify(fd, self.IN)   # all sent: read this client again
+        else:
+            self.pending[fd] = data[sent:]
+
+    def eof(self, fd: int) -> None:
+        """The client shut down its side, and its echo is all sent (else it was not read)."""
+        self.log.record(SERVER, EOF, self.names[fd])
+        self.close(fd)
+
+    def fail(self, fd: int, exc: OSError) -> None:
+        """A reset, or another error on one connection: forget that client, serve the rest."""
+        self.log.record(SERVER, ERROR, self.names[fd], detail=type(exc).__name__)
+        self.close(fd)
+
+    def close(self, fd: int) -> None:
+        self.poller.unregister(fd)        # before closing: the poller refers to the descriptor
+        self.pending.pop(fd, None)
+        self.socks.pop(fd).close()
+        self.log.record(SERVER, CLOSE, self.names.pop(fd))
+        if self.paused:                   # a descriptor is free again: accept again
+            self.paused = False
+            self.poller.register(self.listener.fileno(), self.IN)
+
+    def close_all(self) -> None:
+        for sock in self.socks.values():
+            sock.close()
+        self.socks.clear()
+
+
+def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
+    """The fast loop: epoll, descriptors, and a straight path for the common event."""
+    listener.setblocking(False)
+    lfd = listener.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    clients = _Clients(listener, log, ep, select.EPOLLIN, select.EPOLLOUT)
+    pending = clients.pending
+    # Local names are the fastest Python has: look each function up once, here.
+    poll, read, write, stopped = ep.poll, os.read, os.write, stop.is_set
+    try:
+        while not stopped():
+            # Which events came does not matter: a client with echo pending is
+            # watched only for writing, every other client only for reading.
+            for fd, _ in poll(POLL_INTERVAL, MAX_EVENTS):
+                if fd == lfd:
+                    clients.accept_all()
+                elif fd in pending:
+                    clients.flush(fd)
+                else:                            # the common case: a message to echo
+                    try:
+                        data = read(fd, RECV_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:       # a reset, say
+                        clients.fail(fd, exc)
+                        continue
+                    if not data:
+                        clients.eof(fd)
+                        continue
+                    try:
+                        sent = write(fd, data)   # SIGPIPE is ignored in Python: EPIPE is an OSError
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        clients.fail(fd, exc)
+                        continue
+                    if sent != len(data):
+                        clients.hold(fd, data[sent:])
+    finally:
+        ep.close()
+        clients.close_all()
+
+
+def serve_portable(listener: socket.socket, stop, log: Transcript) -> None:
+    """The same loop on selectors.DefaultSelector, for platforms without epoll."""
+    listener.setblocking(False)
+    lfd = listener.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(lfd, selectors.EVENT_READ)
+    clients = _Clients(listener, log, sel, selectors.EVENT_READ, selectors.EVENT_WRITE)
+    pending, socks = clients.pending, clients.socks
+    try:
+        while not stop.is_set():
+            for key, _ in sel.select(POLL_INTERVAL):
+                fd = key.fd
+                if fd == lfd:
+                    clients.accept_all()
+                elif fd in pending:
+                    clients.flush(fd)
+                else:   # socket methods, not os.read/os.write: those fail on sockets on Windows
+                    sock = socks[fd]
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        clients.fail(fd, exc)
+                        continue
+                    if not data:
+                        clients.eof(fd)
+                        continue
+                    try:
+                        sent = sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        clients.fail(fd, exc)
+                        continue
+                    if sent != len(data):
+                        clients.hold(fd, data[sent:])
+    finally:
+        sel.close()
+        clients.close_all()
+
+
+def main(argv=None) -> int:
+    from .cli import add_address_args, serve_forever
+    parser = argparse.ArgumentParser(prog="python -m lessons.kit.fastecho", description=__doc__.splitlines()[0])
+    add_address_args(parser, port=9905)
+    parser.add_argument("--quiet", action="store_true", help="do not log connections to stderr (for benchmarks)")
+    parser.add_argument("--portable", action="store_true",
+                        help="use selectors.DefaultSelector even where epoll exists (to compare)")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    return serve_forever(serve_portable if args.portable else serve, args.host, args.port,
+                         "fastecho", quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    from .cli import main_guard
+    main_guard(main)
