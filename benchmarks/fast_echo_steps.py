@@ -216,5 +216,85 @@ def main(argv=None) -> int:
     return serve_forever(STEPS[args.step], args.host, args.port, args.step, quiet=True)
 
 
+
+def _fd_loop(fast_path_kind):
+    """Experiments on the final loop's read: which way of reading costs least."""
+    def serve(listener, stop, log):
+        listener.setblocking(False)
+        lfd = listener.fileno()
+        ep = select.epoll()
+        ep.register(lfd, IN)
+        clients = fastecho._Clients(listener, log, ep, IN, OUT)
+        pending, socks = clients.pending, clients.socks
+        poll, write, readv, stopped = ep.poll, os.write, os.readv, stop.is_set
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        bufs = (buf,)
+        try:
+            if fast_path_kind == "readv":
+                while not stopped():
+                    for fd, _ in poll(POLL_INTERVAL, fastecho.MAX_EVENTS):
+                        if fd == lfd:
+                            clients.accept_all()
+                        elif fd in pending:
+                            clients.flush(fd)
+                        else:
+                            try:
+                                n = readv(fd, bufs)
+                            except (BlockingIOError, InterruptedError):
+                                continue
+                            except OSError as exc:
+                                clients.fail(fd, exc)
+                                continue
+                            if not n:
+                                clients.eof(fd)
+                                continue
+                            try:
+                                sent = write(fd, view[:n])
+                            except (BlockingIOError, InterruptedError):
+                                sent = 0
+                            except OSError as exc:
+                                clients.fail(fd, exc)
+                                continue
+                            if sent != n:
+                                clients.hold(fd, buf[sent:n])
+            else:
+                while not stopped():
+                    for fd, _ in poll(POLL_INTERVAL, fastecho.MAX_EVENTS):
+                        if fd == lfd:
+                            clients.accept_all()
+                        elif fd in pending:
+                            clients.flush(fd)
+                        else:
+                            sock = socks[fd]
+                            try:
+                                n = sock.recv_into(buf)
+                            except (BlockingIOError, InterruptedError):
+                                continue
+                            except OSError as exc:
+                                clients.fail(fd, exc)
+                                continue
+                            if not n:
+                                clients.eof(fd)
+                                continue
+                            try:
+                                sent = sock.send(view[:n])
+                            except (BlockingIOError, InterruptedError):
+                                sent = 0
+                            except OSError as exc:
+                                clients.fail(fd, exc)
+                                continue
+                            if sent != n:
+                                clients.hold(fd, buf[sent:n])
+        finally:
+            ep.close()
+            clients.close_all()
+    return serve
+
+
+STEPS["x-readv"] = _fd_loop("readv")
+STEPS["x-recv_into"] = _fd_loop("recv_into")
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
