@@ -66,13 +66,18 @@ PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 SERVER_CPU, LOAD_CPU = (sorted(os.sched_getaffinity(0))[:2] if PIN else (None, None))
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
-# The steps, in order: (name in fast_echo_steps.STEPS, what changed).
+# The steps, in order (names in fast_echo_steps.STEPS), and what each changed; then
+# the ways tried and not kept ("x-"), each a variant of the step named in its text.
 STEPS = [
     ("0-lesson05", "lesson 05's selectors server, as taught"),
     ("1-epoll", "select.epoll directly instead of selectors"),
-    ("2-straight", "straight path: recv, send those bytes, done; stop reading while echo is pending"),
+    ("2-straight", "straight path: recv, send those bytes back; stop reading while echo is pending"),
     ("3-quiet", "no transcript call per recv and send"),
-    ("final", "fd-keyed: os.read/os.write on the descriptor, locals (lessons/kit/fastecho.py)"),
+    ("4-descriptors", "os.read/os.write on the fd epoll returns; functions in locals"),
+    ("5-final", "per wake-up: 64-event buffer, stop flag every 16 wake-ups; dispatch on the event mask"),
+    ("x-recv_into", "tried on step 4: sock.recv_into a reused buffer, send a memoryview slice"),
+    ("x-readv", "tried on step 4: os.readv into a reused buffer, os.write a memoryview slice"),
+    ("x-splice", "tried on step 5: os.splice socket -> pipe -> socket, no bytes object at all"),
 ]
 
 
@@ -291,10 +296,13 @@ def profiles(loadgen: str | None, quick: bool) -> dict:
 
 def contenders(echo_c: str | None, with_steps: bool) -> dict[str, list[str]]:
     servers = {"lesson 05 selectors": [PY, "-m", "lessons.05_select", "serve", "--quiet"]}
+    step = lambda name: [PY, str(HERE / "fast_echo_steps.py"), name]   # noqa: E731
     if with_steps:
-        for step, _ in STEPS[1:-1]:
-            servers[f"step {step}"] = [PY, str(HERE / "fast_echo_steps.py"), step]
+        for name in ("1-epoll", "2-straight", "3-quiet", "4-descriptors"):
+            servers[f"step {name}"] = step(name)
     servers["fast (kit/fastecho.py)"] = [PY, "-m", "lessons.kit.fastecho", "--quiet"]
+    if with_steps:
+        servers["x-splice (tried)"] = step("x-splice")
     servers["asyncio Protocol"] = [PY, "-m", "lessons.kit.baselines", "protocol"]
     if HAVE_UVLOOP:
         servers["uvloop Protocol"] = [PY, "-m", "lessons.kit.baselines", "protocol", "--uvloop"]

@@ -150,3 +150,27 @@ def test_the_c_echo_server_compiles_echoes_and_stops_on_sigterm(tmp_path: pathli
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+# --- The measured steps (benchmarks/fast_echo_steps.py) echo correctly too. ---
+
+def _steps():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fast_echo_steps
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return fast_echo_steps.STEPS
+
+
+STEPS = _steps() if hasattr(select, "epoll") else {}
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_every_measured_step_echoes(name):
+    with running(STEPS[name]) as server:
+        assert echo(server.address, b"step") == b"step"
+        assert adversary.flood(server.address, MIB) == adversary.flood_pattern(MIB)
+        adversary.reset(server.address, b"gone")
+        assert echo(server.address, b"still here") == b"still here"
+        assert server.errors == []
