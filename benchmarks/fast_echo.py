@@ -180,27 +180,56 @@ GROUPS = [   # (group, pattern on callgrind's "file:function"); the first match 
 
 
 def callgrind_profile(step: str, loadgen: str, seconds: float) -> dict:
-    """Instructions per request (user space) of one step under callgrind, at 10 connections."""
+    """User-space instructions of one step under callgrind, per request at 1 and at 10 connections.
+
+    Only the server's thread is counted (the main thread of serve mode just
+    waits for a signal). With 1 connection every request costs one wake-up
+    (epoll_wait) and one event; with 10, a wake-up serves several events. The
+    two runs give the cost per event and per wake-up apart, which does not
+    depend on how busy the machine was, as the number of events per wake-up does.
+    """
     out = pathlib.Path(tempfile.mkdtemp(prefix="fast-echo-cg-"))
     server = Server([PY, str(HERE / "fast_echo_steps.py"), step],
-                    wrap=["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                          f"--callgrind-out-file={out}/cg.out"])
+                    wrap=["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                          f"--callgrind-out-file={out}/cg.out"], start_timeout=180)
+
+    def control(*args):
+        subprocess.run(["callgrind_control", *args, str(server.proc.pid)], capture_output=True, timeout=120)
+
+    requests = {}
     try:
-        pid = str(server.proc.pid)
         load(loadgen, server.address, 10, 1.0)                 # warm up, uncounted
-        subprocess.run(["callgrind_control", "--instr=on", pid], capture_output=True, timeout=60)
-        result = load(loadgen, server.address, 10, seconds)
-        subprocess.run(["callgrind_control", "--dump", pid], capture_output=True, timeout=60)
-        subprocess.run(["callgrind_control", "--instr=off", pid], capture_output=True, timeout=60)
+        control("--instr=on")
+        for n in (1, 10):
+            control("--zero")
+            requests[n] = load(loadgen, server.address, n, seconds)["requests"]
+            control("--dump")                                  # dump n° 1, then 2
+        control("--instr=off")
     finally:
         server.stop()
-    dumps = sorted(glob.glob(f"{out}/cg.out.*"))
-    if not dumps or not result["requests"]:
-        return {"failure": "no callgrind dump" if not dumps else "no requests"}
-    text = pathlib.Path(dumps[0]).read_text(errors="replace")
-    total = int(re.search(r"^summary: (\d+)", text, re.M).group(1))
-    polls = _calls_to(text, "epoll_wait")
-    annotate = subprocess.run(["callgrind_annotate", "--threshold=100", dumps[0]], capture_output=True,
+    result = {}
+    for part, n in enumerate((1, 10), start=1):
+        # One file per thread: the server's thread is the one that did the work.
+        dumps = [(int(re.search(r"^summary: (\d+)", t, re.M).group(1)), path, t)
+                 for path in glob.glob(f"{out}/cg.out.{part}-*")
+                 for t in [pathlib.Path(path).read_text(errors="replace")]]
+        if not dumps or not requests[n]:
+            return {"failure": f"no callgrind dump or no requests at {n} connection(s)"}
+        total, path, text = max(dumps)
+        result[n] = _callgrind_summary(path, text, total, requests[n])
+    shutil.rmtree(out, ignore_errors=True)
+    # per request = per event + per wake-up x wake-ups per request: two runs, two unknowns.
+    one, ten = result[1], result[10]
+    waits1, waits10 = one["epoll_waits_per_request"], ten["epoll_waits_per_request"]
+    if waits1 - waits10 > 0.2:
+        per_wakeup = (one["per_request"] - ten["per_request"]) / (waits1 - waits10)
+        result["per_event"] = ten["per_request"] - per_wakeup * waits10
+        result["per_wakeup"] = per_wakeup
+    return result
+
+
+def _callgrind_summary(path: str, text: str, total: int, requests: int) -> dict:
+    annotate = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True,
                               text=True).stdout
     functions = []
     for m in re.finditer(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S+)", annotate, re.M):
@@ -214,10 +243,8 @@ def callgrind_profile(step: str, loadgen: str, seconds: float) -> dict:
     for name, ir in functions:
         group = next((g for g, pattern in GROUPS if re.search(pattern, name)), "other")
         groups[group] += ir
-    requests = result["requests"]
-    shutil.rmtree(out, ignore_errors=True)
     return {"requests": requests, "instructions": total, "per_request": total / requests,
-            "epoll_waits_per_request": polls / requests,
+            "epoll_waits_per_request": _calls_to(text, "epoll_wait") / requests,
             "groups_per_request": {g: ir / requests for g, ir in groups.items()},
             "top_per_request": [(n, ir / requests) for n, ir in sorted(functions, key=lambda f: -f[1])[:8]]}
 
@@ -274,21 +301,33 @@ def profiles(loadgen: str | None, quick: bool) -> dict:
         print("no valgrind (or no C load generator): instruction counts skipped, cProfile only")
     results = {}
     for step, change in STEPS:
-        entry = {"change": change, "cprofile": python_profile(step, loadgen, 0.5 if quick else 2.0)}
+        if quick and step not in ("0-lesson05", "5-final"):
+            continue
+        entry = {"change": change, "cprofile": python_profile(step, loadgen, 0.3 if quick else 2.0)}
         if valgrind and not quick:
             entry["callgrind"] = callgrind_profile(step, loadgen, 3.0)
         results[step] = entry
         cp, cg = entry["cprofile"], entry.get("callgrind", {})
-        line = f"  {step:11} {cp['calls_per_request']:5.1f} Python calls/request"
-        if "per_request" in cg:
-            line += (f", {cg['per_request']:,.0f} instructions/request (user space), "
-                     f"{cg['epoll_waits_per_request']:.2f} epoll_wait/request")
-        print(line, flush=True)
-        print("      most calls per request: " + ", ".join(f"{n} {c:.2f}" for n, c in cp["top_calls_per_request"]))
-        if "groups_per_request" in cg:
-            print("      instructions per request by group: " + ", ".join(
-                f"{g} {ir:,.0f}" for g, ir in cg["groups_per_request"].items()))
-            print("      top functions: " + ", ".join(f"{n} {ir:,.0f}" for n, ir in cg["top_per_request"]))
+        print(f"  {step:14} {change}")
+        print(f"      cProfile: {cp['calls_per_request']:.1f} Python calls per request; most: "
+              + ", ".join(f"{n} {c:.2f}" for n, c in cp["top_calls_per_request"]))
+        if 10 in cg:
+            print(f"      callgrind, user-space instructions per request: {cg[1]['per_request']:,.0f} at 1 connection, "
+                  f"{cg[10]['per_request']:,.0f} at 10 ({cg[10]['epoll_waits_per_request']:.2f} epoll_wait per request)"
+                  + (f"; per event {cg['per_event']:,.0f}, per wake-up {cg['per_wakeup']:,.0f}" if "per_event" in cg else ""))
+            print("      by group, at 10: " + ", ".join(f"{g} {ir:,.0f}" for g, ir in cg[10]["groups_per_request"].items()))
+            print("      top functions, at 10: " + ", ".join(f"{n} {ir:,.0f}" for n, ir in cg[10]["top_per_request"]))
+        elif cg:
+            print(f"      callgrind: {cg.get('failure')}")
+        sys.stdout.flush()
+    print("\n| step | what changed | Python calls/request | instructions/request, 1 connection | 10 connections "
+          "| per event | per wake-up |")
+    print("|---|---|---|---|---|---|---|")
+    for step, entry in results.items():
+        cg = entry.get("callgrind", {})
+        cells = [f"{cg[n]['per_request']:,.0f}" if n in cg else "" for n in (1, 10)]
+        cells += [f"{cg[k]:,.0f}" if k in cg else "" for k in ("per_event", "per_wakeup")]
+        print(f"| {step} | {entry['change']} | {entry['cprofile']['calls_per_request']:.1f} | " + " | ".join(cells) + " |")
     return results
 
 
@@ -403,6 +442,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: a few seconds, nothing saved")
     parser.add_argument("--no-profiles", action="store_true", help="skip part 1 (the profiles)")
     parser.add_argument("--no-steps", action="store_true", help="leave the intermediate steps out of part 2")
+    parser.add_argument("--profiles-only", action="store_true", help="run part 1 only")
     parser.add_argument("--save", action="store_true", help="save results even with --quick")
     args = parser.parse_args()
     tee = Tee(sys.stdout)
@@ -416,7 +456,8 @@ def main() -> int:
                         "load_generator": "loadgen.c" if loadgen else "python (lessons/kit/loadgen.py)",
                         "command": " ".join(["python", "benchmarks/fast_echo.py", *sys.argv[1:]])}
     if args.quick:
-        connections, warmup, rounds, seconds = [10, 100], 0.3, 1, 0.5
+        connections, warmup, rounds, seconds = [10, 100], 0.2, 1, 0.5
+        args.no_steps = True
     else:
         connections, warmup, rounds, seconds = [10, 1000], 2.0, 3, 3.0
     print(f"machine: {info}")
@@ -433,21 +474,23 @@ def main() -> int:
         if not args.no_profiles:
             print("\npart 1: the profile behind each step (10 connections)")
             report["profiles"] = profiles(loadgen, args.quick)
-        print("\npart 2: side by side")
-        servers = contenders(echo_c, with_steps=not args.no_steps)
-        results = side_by_side(loadgen, servers, connections, warmup, rounds, seconds)
-        text, ceilings = table(results, "C epoll echo" if echo_c else None)
-        print(text)
-        report["side_by_side"] = {str(n): r for n, r in results.items()}
-        report["ceilings"] = {str(n): c for n, c in ceilings.items()}
+        if not args.profiles_only:
+            print("\npart 2: side by side")
+            servers = contenders(echo_c, with_steps=not args.no_steps)
+            results = side_by_side(loadgen, servers, connections, warmup, rounds, seconds)
+            text, ceilings = table(results, "C epoll echo" if echo_c else None)
+            print(text)
+            report["side_by_side"] = {str(n): r for n, r in results.items()}
+            report["ceilings"] = {str(n): c for n, c in ceilings.items()}
+            ok = all(s["all_correct"] for r in results.values() for s in r.values())
         report["load_average_at_end"] = os.getloadavg()
-        ok = all(s["all_correct"] for r in results.values() for s in r.values())
         print(f"\nload average at the end: {report['load_average_at_end']}")
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
         sys.stdout = tee.stream
     if not args.quick or args.save:
-        stem = HERE / "results" / f"fast-echo-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}"
+        kind = "-quick" if args.quick else "-profiles" if args.profiles_only else ""
+        stem = HERE / "results" / f"fast-echo-{datetime.date.today().isoformat()}{kind}"
         stem.with_suffix(".txt").write_text(tee.copy.getvalue())
         stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"saved {stem.relative_to(ROOT)}.txt and .json")

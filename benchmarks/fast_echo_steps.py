@@ -199,13 +199,13 @@ def step4_descriptors(listener, stop, log):
 
     No Connection object and no socket method per message: the fd is the key,
     and the common path is a handful of bytecodes. The slow paths (accept,
-    flush, EOF, errors) are the kit's (fastecho._Clients).
+    flush, EOF, errors) are the kit's (fastecho.Clients).
     """
     listener.setblocking(False)
     lfd = listener.fileno()
     ep = select.epoll()
     ep.register(lfd, IN)
-    clients = fastecho._Clients(listener, log, ep, IN, OUT, IN)
+    clients = fastecho.Clients(listener, log, ep, IN, OUT, IN)
     pending = clients.pending
     poll, read, write, stopped = ep.poll, os.read, os.write, stop.is_set
     try:
@@ -254,7 +254,7 @@ def _step4_reading_into_a_buffer(how: str):
         lfd = listener.fileno()
         ep = select.epoll()
         ep.register(lfd, IN)
-        clients = fastecho._Clients(listener, log, ep, IN, OUT, IN)
+        clients = fastecho.Clients(listener, log, ep, IN, OUT, IN)
         pending, socks = clients.pending, clients.socks
         poll, write, readv, stopped = ep.poll, os.write, os.readv, stop.is_set
         buf = bytearray(RECV_SIZE)
@@ -335,7 +335,7 @@ def splice_echo(listener, stop, log):
     listener.setblocking(False)
     ep = select.epoll()
     ep.register(listener.fileno(), LISTENER)
-    clients = fastecho._Clients(listener, log, ep, IN_, OUT, LISTENER)
+    clients = fastecho.Clients(listener, log, ep, IN_, OUT, LISTENER)
     pipe_out, pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, 1 << 20)   # more per splice, for floods

@@ -174,3 +174,27 @@ def test_every_measured_step_echoes(name):
         adversary.reset(server.address, b"gone")
         assert echo(server.address, b"still here") == b"still here"
         assert server.errors == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a descriptor limit in a child process")
+def test_out_of_descriptors_it_pauses_accepting_and_resumes_when_a_client_leaves():
+    # A server process allowed 40 descriptors, and 60 clients: those it cannot
+    # accept wait in the backlog until earlier ones leave; none is lost.
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
+            "from lessons.kit.fastecho import main; sys.exit(main(sys.argv[1:]))")
+    server = ServerProcess(["-c", code, "--quiet"])
+    clients = []
+    try:
+        for i in range(60):
+            sock = socket.create_connection(server.address, timeout=5)
+            sock.sendall(b"client %d" % i)
+            clients.append(sock)
+        for i, sock in enumerate(clients):
+            assert sock.recv(100) == b"client %d" % i
+            sock.close()
+        assert echo(server.address, b"after the crowd") == b"after the crowd"
+        assert server.alive()
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()

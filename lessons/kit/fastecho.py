@@ -68,7 +68,7 @@ def serve(listener: socket.socket, stop, log: Transcript) -> None:
         serve_portable(listener, stop, log)
 
 
-class _Clients:
+class Clients:
     """Everything but the common event, shared by both loops: accept, flush, close."""
 
     def __init__(self, listener: socket.socket, log: Transcript, poller, IN: int, OUT: int, LISTENER: int):
@@ -177,7 +177,7 @@ def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
     listener.setblocking(False)
     ep = select.epoll()
     ep.register(listener.fileno(), LISTENER)
-    clients = _Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER)
+    clients = Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER)
     # Local names are the fastest Python has: look each function up once, here.
     poll, read, write, stopped = ep.poll, os.read, os.write, stop.is_set
     try:
@@ -226,7 +226,7 @@ def serve_portable(listener: socket.socket, stop, log: Transcript) -> None:
     lfd = listener.fileno()
     sel = selectors.DefaultSelector()
     sel.register(lfd, selectors.EVENT_READ)
-    clients = _Clients(listener, log, sel, selectors.EVENT_READ, selectors.EVENT_WRITE, selectors.EVENT_READ)
+    clients = Clients(listener, log, sel, selectors.EVENT_READ, selectors.EVENT_WRITE, selectors.EVENT_READ)
     pending, socks = clients.pending, clients.socks
     try:
         while not stop.is_set():
