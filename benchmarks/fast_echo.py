@@ -126,8 +126,11 @@ class Server:
         self.address = (host.strip("[]"), int(port))
 
     def cpu(self) -> tuple[float, float]:
-        """(user, system) CPU seconds of the whole process so far."""
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        """(user, system) CPU seconds of the whole process so far (Linux; NaN elsewhere)."""
+        try:
+            fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan"), float("nan")
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
 

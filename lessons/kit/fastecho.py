@@ -9,35 +9,35 @@ never reads holds up nobody. Same shape too: ``serve(listener, stop, log)``.
 
 Lesson 05's server is written to be read: a ``Connection`` object per client,
 ``readable()`` and ``writable()`` methods, the selectors module, an event in
-the transcript for every recv and send. Each of those is a few Python function
-calls per message, and on loopback a message costs only a few microseconds, so
-they add up. This variant does the same work with fewer steps of Python per
-message. Each change below was measured (``benchmarks/fast_echo.py`` shows the
-profile behind each, and ``benchmarks/RESULTS.md`` what each bought):
+the transcript for every recv and send. Each of those is Python work for every
+message, and on loopback the kernel's part of an echo takes only a few
+microseconds, so they add up. This variant does the same work with less
+Python per message. Each change was measured on its own, with a profile
+behind it (``benchmarks/fast_echo.py``; ``benchmarks/RESULTS.md`` has what
+each bought):
 
 1. ``select.epoll`` directly instead of ``selectors``: ``poll()`` returns plain
-   ``(fd, events)`` pairs, with no ``SelectorKey`` built for each event.
-2. One shape of event is the common one, and gets a straight path: a client
-   with nothing pending sent a message. Read it, send it straight back from
-   the bytes ``read()`` returned (no output buffer to append to and trim), and
-   go on. Everything else (a new client, a partial send, EOF, errors) leaves
-   that path.
-3. Backpressure without bookkeeping: a client whose echo did not all fit in
-   the socket buffer is not read again until it has (its interest switches
-   from readable to writable). So a client holds at most one read of server
-   memory, the kernel's socket buffers do the queueing, and an event for a
-   readable client always means "nothing pending", with no check needed.
-4. Descriptors, not socket objects, on the path: ``os.read(fd)`` and
-   ``os.write(fd)`` are the same system calls as ``recv`` and ``send``, and
-   keying on the ``fd`` that epoll returns saves a dictionary lookup and a
-   method lookup per message. (The socket objects still own the descriptors,
-   and close them.)
-5. The transcript records accepts, EOFs, errors and closes, never each
-   message: building and filtering an event per recv and send is work per
-   message too.
+   ``(fd, events)`` pairs; no ``SelectorKey`` is looked up for each event.
+2. A straight path for the common event, a message from a client with no echo
+   pending: read it, send those same bytes back, done; no output buffer to
+   append to and trim. Backpressure needs no bookkeeping: a client whose echo
+   did not all fit in its socket buffer is watched for writing only, and not
+   read again until the rest is sent. It holds at most one read of server
+   memory, and the kernel's socket buffers do the queueing.
+3. The transcript records accepts, EOFs, errors and closes, not each recv and
+   send: even a record() that keeps nothing is a Python call per message.
+4. Descriptors, not objects: ``os.read(fd)`` and ``os.write(fd)`` on the
+   descriptor epoll returns are the same system calls as ``recv`` and
+   ``send``, without a dictionary lookup and a method lookup first. Every
+   function the loop calls is bound to a local name once.
+5. Less per wake-up: a 64-event buffer (``poll()`` allocates one on every
+   call), the stop flag read every 16 wake-ups instead of every one, and the
+   event mask alone telling the common case apart (see ``serve_epoll``).
 
-What is left per message is two system calls (``read``, ``write``), a share
-of one ``epoll_wait``, and about 20 bytecodes.
+What is left per message: two system calls, a share of one ``epoll_wait``,
+about 40 bytecodes, and, in C, the GIL released and taken back around each
+system call and a tuple per event. Most of the time of an echo on loopback is
+now the kernel's.
 
 Where ``select.epoll`` is missing (macOS, Windows) the same loop runs on
 ``selectors.DefaultSelector`` (kqueue, poll or select): slower, same contract.
@@ -56,8 +56,8 @@ from .transcript import ACCEPT, CLOSE, EOF, ERROR, SERVER, Transcript
 
 RECV_SIZE = 65536      # ask for a lot: a read returns what has arrived, up to this
 MAX_EVENTS = 64        # events taken per epoll_wait: the buffer for them is allocated on each call
-BETWEEN_STOP_CHECKS = range(16)
-OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+BETWEEN_STOP_CHECKS = range(16)   # wake-ups between two looks at the stop flag, when busy
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)   # accept() may fail so
 
 
 def serve(listener: socket.socket, stop, log: Transcript) -> None:
@@ -270,7 +270,10 @@ def main(argv=None) -> int:
     parser.add_argument("--portable", action="store_true",
                         help="use selectors.DefaultSelector even where epoll exists (to compare)")
     args = parser.parse_args(argv)
-    raise_fd_limit()
+    raise_fd_limit()   # every client is a descriptor: allow more than the usual 1,024
+    if not args.quiet and (args.portable or not hasattr(select, "epoll")):
+        from .cli import stderr
+        stderr.print(f"[dim]the portable loop, on {selectors.DefaultSelector.__name__}[/]")
     return serve_forever(serve_portable if args.portable else serve, args.host, args.port,
                          "fastecho", quiet=args.quiet)
 
