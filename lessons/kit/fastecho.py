@@ -263,9 +263,12 @@ def serve_portable(listener: socket.socket, stop, log: Transcript) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli import add_address_args, serve_forever
+    from .cli import DEFAULT_HOST, host_name, port_number, serve_forever
     parser = argparse.ArgumentParser(prog="python -m lessons.kit.fastecho", description=__doc__.splitlines()[0])
-    add_address_args(parser, port=9905)
+    parser.add_argument("--host", type=host_name, default=DEFAULT_HOST,
+                        help="address to listen on (default %(default)s: this machine only)")
+    parser.add_argument("--port", type=port_number, default=9905,
+                        help="TCP port to listen on, 0 to pick a free one (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections to stderr (for benchmarks)")
     parser.add_argument("--portable", action="store_true",
                         help="use selectors.DefaultSelector even where epoll exists (to compare)")
@@ -274,8 +277,7 @@ def main(argv=None) -> int:
     if not args.quiet and (args.portable or not hasattr(select, "epoll")):
         from .cli import stderr
         stderr.print(f"[dim]the portable loop, on {selectors.DefaultSelector.__name__}[/]")
-    return serve_forever(serve_portable if args.portable else serve, args.host, args.port,
-                         "fastecho", quiet=args.quiet)
+    return serve_forever(serve_portable if args.portable else serve, args, "fastecho")
 
 
 if __name__ == "__main__":
