@@ -12,7 +12,9 @@
  *                 server closes, resets or sends to is counted (idle_closed)
  *   --wait        once every connection is open, print "opened" and wait for a
  *                 line on stdin before the load starts (the caller measures the
- *                 server while it holds them all idle)
+ *                 server while it holds them all idle); after the result line,
+ *                 wait for another before closing them (the caller reads the
+ *                 server's CPU time before it starts tearing connections down)
  *   --stall S     give up S seconds after the end if replies are still missing
  *                 (default 10)
  *   --connect-timeout S   give up opening connections after S seconds (default 30)
@@ -41,7 +43,8 @@
 #include <unistd.h>
 
 typedef struct {
-    int fd, busy, connecting, writing;   /* writing: watched for EPOLLOUT (a message only partly sent) */
+    int fd, busy, connecting, done;
+    int writing;                         /* watched for EPOLLOUT: a message only partly sent */
     uint32_t number; uint64_t seq; size_t sent, got; double started; char *msg, *buf;
 } conn_t;
 
@@ -74,7 +77,9 @@ static int send_some(int ep, conn_t *c, size_t size) {
     return 0;
 }
 
-static void retire(int ep, conn_t *c) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); c->fd = -1; }
+/* Done with a connection: stop watching it, but keep it open until the end, so that the server's
+ * work of closing it (for a thread per client, ending a thread) falls outside the measurement. */
+static void retire(int ep, conn_t *c) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); c->done = 1; }
 
 /* Open conns[from..to) without blocking, 256 at a time; 0, or -1 with *why set. */
 static int open_all(int ep, conn_t *conns, int from, int to, struct sockaddr_in *addr, double deadline,
@@ -174,7 +179,7 @@ int main(int argc, char **argv) {
         int k = epoll_wait(ep, events, 256, 500);
         for (int e = 0; e < k; e++) {
             conn_t *c = events[e].data.ptr;
-            if (c->fd < 0) continue;
+            if (c->done) continue;
             if (!c->busy) { idle_closed++; retire(ep, c); continue; }
             if (events[e].events & EPOLLOUT && c->sent < size && send_some(ep, c, size) < 0) {
                 errors++; active--; retire(ep, c); continue;
@@ -200,6 +205,12 @@ int main(int argc, char **argv) {
         }
     }
     elapsed = now() - start;
+    for (int i = 0; i < idle; i++) {   /* a last look at the idle ones: EOF, reset or data means disturbed */
+        char byte;
+        if (conns[i].done) continue;
+        ssize_t r = recv(conns[i].fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) idle_closed++;
+    }
 report:;
     qsort(lat, count, sizeof *lat, cmp);
     double p50 = count ? lat[count / 2] : 0, p99 = count ? lat[(size_t)(count * 0.99)] : 0;
@@ -208,6 +219,11 @@ report:;
     printf("requests=%ld wrong=%ld errors=%ld seconds=%.3f p50_us=%.0f p99_us=%.0f answered=%ld opened=%ld "
            "idle_opened=%ld idle_closed=%ld cpu_s=%.3f failure=%s\n", requests, wrong, errors, elapsed,
            p50 * 1e6, p99 * 1e6, answered, opened, idle_opened, idle_closed, cpu, failure);
+    fflush(stdout);
+    if (wait_for_go) {
+        char line[16];
+        if (!fgets(line, sizeof line, stdin)) { /* the caller is gone: close anyway */ }
+    }
     for (int i = 0; i < total; i++) if (conns[i].fd >= 0) close(conns[i].fd);
     return 0;
 }

@@ -1,6 +1,6 @@
 """A scaling lab: every server design from lessons 02 to 05, measured side by side on your machine.
 
-    python -m lessons.07_scaling --quick                   # both experiments, small: about 30 s
+    python -m lessons.07_scaling --quick                   # both experiments, small: about 25 s
     python -m lessons.07_scaling                           # the full lab, to 10,000 connections: minutes
     python -m lessons.07_scaling --connections 1 100 --idle 0 1000 --duration 2 --out results/
     python -m lessons.07_scaling serve [--port 9907] [--idle-timeout 60]   # a thread per client
@@ -37,6 +37,7 @@ import os
 import pathlib
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -71,9 +72,12 @@ def serve(listener: socket.socket, stop, log: Transcript, idle_timeout: float | 
     running out of descriptors pauses accepting instead of ending the server.
     """
     threads: list[threading.Thread] = []
+    prune_at = 64
     for number, (conn, _) in enumerate(accept_until(listener, stop, log, idle_timeout), 1):
         who = f"client {number}"
-        threads = [t for t in threads if t.is_alive()]
+        if len(threads) >= prune_at:   # forget finished threads now and then: every time would be O(n^2)
+            threads = [t for t in threads if t.is_alive()]
+            prune_at = max(64, 2 * len(threads))
         thread = threading.Thread(target=_echo_one, args=(conn, log, who), daemon=True)
         try:
             thread.start()
@@ -134,6 +138,7 @@ class Point:
     near_ceiling: bool = False
     correct: bool = False
     wrong_replies: int = 0
+    load_average: float = float("nan")              # the machine's, over the last minute, when measured
     note: str = ""
 
 
@@ -145,28 +150,33 @@ def load_results(path) -> tuple[dict, list[Point]]:
 def measure(server: ServerProcess, name: str, generator: LoadGenerator, connections: int, idle: int = 0,
             size: int = 1024, duration: float = 3.0, hold: float = 1.0, experiment: str = "busy") -> Point:
     """One point: open ``idle`` + ``connections``, hold them idle, then load the busy ones."""
-    point = Point(name, connections, idle, experiment)
-    base_rss, at_open = server.rss_kib(), {}
+    point = Point(name, connections, idle, experiment, load_average=os_loadavg()[0])
+    base_rss, at_open, at_end = server.rss_kib(), {}, {}
 
-    def opened():   # every connection open and idle: let the server settle, then read its memory
+    def opened():   # every connection open and idle: let the server take them all, then read it
         time.sleep(hold)
+        wait_until_accepted(server, connections + idle)
         at_open.update(rss=server.rss_kib(), cpu=server.cpu_seconds())
 
+    def done():     # the last reply: read the CPU time before the server tears connections down
+        at_end["cpu"] = server.cpu_seconds()
+
     result = generator.run(server.address, connections, size=size, duration=duration, idle=idle,
-                           on_opened=opened, stall_timeout=max(0.5, duration),
+                           on_opened=opened, on_done=done, stall_timeout=max(0.5, duration),
                            connect_timeout=30 + (connections + idle) / 500)
     point.correct = result.correct and result.answered == result.opened   # everyone served, and in time
     point.wrong_replies = result.wrong_replies
     point.requests_per_second = result.requests_per_second
     point.p50_ms, point.p99_ms = result.latency(0.5) * 1e3, result.latency(0.99) * 1e3
-    point.server_cpu_seconds = server.cpu_seconds() - at_open.get("cpu", 0.0)
+    point.server_cpu_seconds = at_end.get("cpu", server.cpu_seconds()) - at_open.get("cpu", 0.0)
     if result.requests:
         point.cpu_us_per_request = point.server_cpu_seconds / result.requests * 1e6
     if result.seconds:
         point.generator_busy = result.generator_cpu_seconds / result.seconds
     point.server_rss_kib = at_open.get("rss", 0)
     held = idle if experiment == "idle" else connections
-    if "rss" in at_open and held >= 1000 and at_open["rss"] > base_rss:   # below 1,000: noise
+    # Below 1,000 the difference is noise; and it means nothing if the server dropped some.
+    if "rss" in at_open and held >= 1000 and at_open["rss"] > base_rss and not result.errors + result.idle_closed:
         point.rss_per_idle_connection = (at_open["rss"] - base_rss) * 1024 / held
     problems = []
     if not server.alive():
@@ -183,6 +193,20 @@ def measure(server: ServerProcess, name: str, generator: LoadGenerator, connecti
         problems.append(f"{result.idle_closed:,} of {idle:,} idle connections closed by the server")
     point.note = "; ".join(problems)
     return point
+
+
+def wait_until_accepted(server: ServerProcess, connections: int, patience: float = 1.0,
+                        limit: float = 60.0) -> None:
+    """Wait until the server holds every connection (its open descriptors say so), or stops taking
+    more for ``patience`` seconds (it refuses them), or ``limit`` passes. The kernel completes a
+    connection before the server accepts it, and starting a thread for each of 10,000 takes seconds."""
+    deadline, last, since = time.monotonic() + limit, None, time.monotonic()
+    while (count := server.open_files()) is not None and count < connections and time.monotonic() < deadline:
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since > patience:
+            return
+        time.sleep(0.05)
 
 
 def run_lab(architectures: dict, sweep: list[int], size: int = 1024, duration: float = 3.0,
@@ -354,7 +378,7 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
     sweep, idle_sweep = connections or (QUICK_BUSY if quick else BUSY_SWEEP), idle or (QUICK_IDLE if quick else IDLE_SWEEP)
     info = machine() | {"load_average_at_start": [round(x, 2) for x in os_loadavg()], "load_generator": generator.name,
                         "pinned": bool(generator.cpus), "yardstick": yardstick, "duration_s": duration,
-                        "message_bytes": size}
+                        "message_bytes": size, "command": " ".join(["python -m lessons.07_scaling", *sys.argv[1:]])}
     console.print(f"[bold]Scaling lab[/]: {len(chosen)} servers, {size:,}-byte messages, {duration:g} s a point, "
                   f"on {info['cpu']} ({info['cores']} cores), Python {info['python']}, load average "
                   f"{info['load_average_at_start'][0]:g}")

@@ -37,42 +37,37 @@ while True:
 """]
 
 
-def test_a_crashed_or_refusing_server_is_reported_and_the_lab_goes_on(tmp_path):
+def test_a_crashed_refusing_or_iterative_server_is_reported_and_the_lab_goes_on(tmp_path):
     architectures = {
         "crashes": CRASHES,
         "refuses": REFUSES,
+        "02 iterative": scaling.ARCHITECTURES["02 iterative"],
         "05 selectors (default)": scaling.ARCHITECTURES["05 selectors (default)"],
     }
-    points = scaling.run_lab(architectures, [2, 4], duration=0.3, hold=0.1, warm_up=0.1, progress=False,
+    points = scaling.run_lab(architectures, [1, 3, 5], duration=0.3, hold=0.1, warm_up=0.1, progress=False,
                              fresh=False)
     by = {(p.architecture, p.connections): p for p in points}
-    assert by[("crashes", 2)].note == "did not start (exit 3)" and not by[("crashes", 2)].correct
-    assert by[("crashes", 4)].note == "not run: did not start"
-    refused = by[("refuses", 2)]
-    assert not refused.correct and refused.note
-    for n in (2, 4):
+    assert by[("crashes", 1)].note == "did not start (exit 3)" and not by[("crashes", 1)].correct
+    assert by[("crashes", 3)].note == "not run: did not start"
+    refused = by[("refuses", 1)]
+    assert not refused.correct and "closed or reset by the server" in refused.note
+    assert by[("02 iterative", 1)].correct   # one client at a time is fine for one client
+    assert by[("02 iterative", 3)].note == "only 1 of 3 connections were answered in time"
+    assert by[("02 iterative", 5)].note == "not run: fell over at 3"
+    for n in (1, 3, 5):
         good = by[("05 selectors (default)", n)]
         assert good.correct and good.requests_per_second > 0 and good.note == ""
         assert good.p50_ms <= good.p99_ms and good.server_rss_kib > 0 and good.cpu_us_per_request > 0
         assert math.isnan(good.rss_per_idle_connection)   # fewer than 1,000 connections: not shown
-        assert good.ceiling_rps == good.requests_per_second   # the fastest, without a yardstick
-    paths = scaling.write_results(points, tmp_path, scaling.machine())
-    assert paths["scaling"].stat().st_size > 10_000 and "idle" not in paths
+        assert good.ceiling_rps >= good.requests_per_second   # the fastest, without a yardstick
+    paths = scaling.write_results(points, tmp_path, scaling.machine(), figures=False)
     data = json.loads(paths["json"].read_text())   # strict JSON: no NaN
-    assert len(data["points"]) == 6 and data["machine"]["cores"] >= 1
+    assert len(data["points"]) == 12 and data["machine"]["cores"] >= 1
     assert paths["csv"].read_text().splitlines()[0].startswith("architecture,connections,idle,experiment,")
     assert "refuses" in paths["table"].read_text()
     info, again = scaling.load_results(paths["json"])
     assert [p.architecture for p in again] == [p.architecture for p in points]
     assert math.isnan(again[0].p50_ms)
-
-
-def test_an_iterative_server_falls_over_with_a_reason():
-    points = scaling.run_lab({"02 iterative": scaling.ARCHITECTURES["02 iterative"]}, [1, 3, 5],
-                             duration=0.3, hold=0.1, warm_up=0.1, progress=False, fresh=False)
-    assert points[0].correct
-    assert not points[1].correct and points[1].note == "only 1 of 3 connections were answered in time"
-    assert points[2].note == "not run: fell over at 3"
 
 
 def test_idle_connections_select_refuses_past_fd_setsize_while_epoll_holds_them():

@@ -105,15 +105,17 @@ class LoadGenerator:
 
     def run(self, address, connections: int, size: int = 1024, duration: float = 3.0, idle: int = 0,
             on_opened: Optional[Callable[[], None]] = None, stall_timeout: float = 10.0,
-            connect_timeout: float = 30.0) -> LoadResult:
+            connect_timeout: float = 30.0, on_done: Optional[Callable[[], None]] = None) -> LoadResult:
         """``connections`` busy (one message in flight on each) for ``duration`` s while ``idle`` others
-        stay open; ``on_opened()`` runs once all are open, before the load starts."""
+        stay open; ``on_opened()`` runs once all are open, before the load starts, and ``on_done()``
+        after the last reply, before any connection closes."""
         if self.binary is None:
             with pinned(self.cpus):
                 return run_load(address, connections, size=size, duration=duration, idle=idle,
-                                on_opened=on_opened, stall_timeout=stall_timeout, connect_timeout=connect_timeout)
+                                on_opened=on_opened, stall_timeout=stall_timeout, connect_timeout=connect_timeout,
+                                on_done=on_done)
         return _run_c(self.binary, self.cpus, address, connections, size, duration, idle, on_opened,
-                      stall_timeout, connect_timeout)
+                      stall_timeout, connect_timeout, on_done)
 
 
 def load_generator(prefer_c: bool = True) -> LoadGenerator:
@@ -126,7 +128,7 @@ def load_generator(prefer_c: bool = True) -> LoadGenerator:
 
 
 def _run_c(binary, cpus, address, connections, size, duration, idle, on_opened, stall_timeout,
-           connect_timeout) -> LoadResult:
+           connect_timeout, on_done) -> LoadResult:
     host, port = address[:2]
     require_loopback(host)
     command = [binary, host, str(port), str(connections), str(size), f"{duration:g}", "--idle", str(idle),
@@ -134,17 +136,20 @@ def _run_c(binary, cpus, address, connections, size, duration, idle, on_opened, 
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     try:   # the child never outlives this call: an exception here (SIGTERM made one, say) kills it
+        # The conversation: "opened" -> on_opened(), "go"; the result line -> on_done(), "bye".
         line = _readline(proc, connect_timeout + 10)
-        if not line:   # neither "opened" nor a result in time: stop it (which also ends the reader)
-            proc.kill()
-        elif line.strip() == "opened":
+        if line.strip() == "opened":
             if on_opened:
                 on_opened()
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            line = ""
-        out, err = proc.communicate(timeout=duration + stall_timeout + 30)
+            _tell(proc, "go")
+            line = _readline(proc, duration + stall_timeout + 30)
+        if line.startswith("requests="):
+            if on_done:
+                on_done()
+            _tell(proc, "bye")
+        else:   # no result in time: stop it (which also ends the reader)
+            proc.kill()
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -163,6 +168,12 @@ def _run_c(binary, cpus, address, connections, size, duration, idle, on_opened, 
     except (KeyError, ValueError):
         result.failure = f"loadgen.c failed: {(err or out).strip()[:200] or f'exit {proc.returncode}'}"
     return result
+
+
+def _tell(proc: subprocess.Popen, word: str) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        proc.stdin.write(word + "\n")
+        proc.stdin.flush()
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:

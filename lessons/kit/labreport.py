@@ -148,8 +148,9 @@ def full_table(points, info: dict) -> str:
 
 # --- Files ---
 
-def write_results(points, out: pathlib.Path, info: dict) -> dict:
-    """Write results.json, results.csv, table.txt and the figures into ``out``; return their paths."""
+def write_results(points, out: pathlib.Path, info: dict, figures: bool = True) -> dict:
+    """Write results.json, results.csv, table.txt and (``figures``) the figures into ``out``;
+    return their paths."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # JSON has no NaN: a value that was not measured is written as null.
@@ -162,7 +163,7 @@ def write_results(points, out: pathlib.Path, info: dict) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     paths["table"].write_text(full_table(points, info), encoding="utf-8")
-    for name, fig in lab_figures(points, info).items():
+    for name, fig in (lab_figures(points, info) if figures else {}).items():
         paths[name] = out / f"{name}.png"
         fig.savefig(paths[name], dpi=110, bbox_inches="tight")
     return paths

@@ -88,7 +88,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
              requests_per_connection: Optional[int] = None, connect_timeout: float = 10.0,
              idle_hold: float = 0.0, progress: Optional[Callable[[str, float], None]] = None,
              on_opened: Optional[Callable[[], None]] = None, stall_timeout: float = 10.0,
-             idle: int = 0) -> LoadResult:
+             idle: int = 0, on_done: Optional[Callable[[], None]] = None) -> LoadResult:
     """Open ``connections``, then exchange messages of ``size`` bytes until
     ``duration`` seconds pass (or each connection made ``requests_per_connection``).
 
@@ -97,7 +97,9 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
     while it holds every connection idle). ``idle`` opens that many more
     connections first, which never send anything and stay open while the
     others are busy; the server must leave them be (``idle_closed`` counts
-    those it closed, reset or wrote to).
+    those it closed, reset or wrote to). ``on_done()`` is called after the
+    last reply, before any connection is closed (to read the server's CPU time
+    before it starts tearing connections down).
     """
     host, port = address[:2]
     require_loopback(host)
@@ -152,8 +154,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
         def retire(conn: _Conn, failed: bool = False) -> None:
             if failed:
                 result.errors += 1   # reset, or closed by the server mid-exchange
-            sel.unregister(conn.sock)
-            conn.sock.close()        # done: a server that serves one client at a time may go on to the next
+            sel.unregister(conn.sock)   # (still open until the end, as loadgen.c keeps it)
             active.discard(conn)
 
         last_report = start
@@ -210,12 +211,27 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 progress("load", min(1.0, (last_report - start) / duration) if requests_per_connection is None
                          else 1 - len(active) / len(conns))
         result.seconds = time.perf_counter() - start
+        for conn in idlers:   # a last look at the idle ones: EOF, reset or data means disturbed
+            if sel.get_map().get(conn.sock) is not None and _disturbed(conn.sock):
+                result.idle_closed += 1
+        if on_done:
+            on_done()
         return result
     finally:
         result.generator_cpu_seconds = time.process_time() - cpu_at_start
         sel.close()
         for conn in conns + idlers:
             conn.sock.close()
+
+
+def _disturbed(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK)   # (non-blocking) b'' is EOF, a byte is data nobody asked for
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def _finish_connects(sel, pending: int, deadline: float, result: LoadResult) -> int:

@@ -90,6 +90,13 @@ class ServerProcess:
             pass
         return int(_ps(self.proc.pid, "rss"))
 
+    def open_files(self) -> int | None:
+        """How many descriptors the child has open (its sockets among them); None where unknown."""
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
         """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); return (exit status, stderr)."""
         if self.proc.poll() is None:
