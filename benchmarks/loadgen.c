@@ -23,7 +23,7 @@
  *   requests=N wrong=N errors=N seconds=S p50_us=N p99_us=N answered=N opened=N
  *   idle_opened=N idle_closed=N cpu_s=S failure=WORD
  * (answered: busy connections that got a reply during the load; cpu_s: this
- * program's own CPU time; failure: none, or why it stopped early).
+ * program's own CPU time while loading; failure: none, or why it stopped early).
  * Same protocol and checks as lessons/kit/loadgen.py, in C and epoll (Linux).
  */
 #define _GNU_SOURCE
@@ -50,6 +50,11 @@ typedef struct {
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return (x > y) - (x < y); }
+
+static double cpu_seconds(void) {
+    struct rusage ru; getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
 
 static void next_message(conn_t *c, size_t size) {
     uint32_t n = htonl(c->number);
@@ -155,7 +160,7 @@ int main(int argc, char **argv) {
     int ep = epoll_create1(0);
     long requests = 0, wrong = 0, errors = 0, answered = 0, opened = 0, idle_opened = 0, idle_closed = 0;
     const char *failure = "none";
-    double start = now(), elapsed = 0;
+    double start = now(), elapsed = 0, cpu_at_start = cpu_seconds();
     if (open_all(ep, conns, 0, total, &addr, now() + connect_timeout, &failure) < 0) goto report;
     idle_opened = idle; opened = n;
     if (wait_for_go) {
@@ -165,7 +170,7 @@ int main(int argc, char **argv) {
     }
     /* Idle connections: any event (data, EOF, reset) means the server did not leave them be. */
     for (int i = 0; i < idle; i++) watch(ep, &conns[i], EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP);
-    start = now();
+    start = now(); cpu_at_start = cpu_seconds();
     double stop_at = start + seconds;
     int active = n;
     for (int i = idle; i < total; i++) {
@@ -214,8 +219,7 @@ int main(int argc, char **argv) {
 report:;
     qsort(lat, count, sizeof *lat, cmp);
     double p50 = count ? lat[count / 2] : 0, p99 = count ? lat[(size_t)(count * 0.99)] : 0;
-    struct rusage ru; getrusage(RUSAGE_SELF, &ru);
-    double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+    double cpu = cpu_seconds() - cpu_at_start;
     printf("requests=%ld wrong=%ld errors=%ld seconds=%.3f p50_us=%.0f p99_us=%.0f answered=%ld opened=%ld "
            "idle_opened=%ld idle_closed=%ld cpu_s=%.3f failure=%s\n", requests, wrong, errors, elapsed,
            p50 * 1e6, p99 * 1e6, answered, opened, idle_opened, idle_closed, cpu, failure);

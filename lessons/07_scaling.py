@@ -31,25 +31,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
-import os
 import pathlib
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 from lessons.kit import echo
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds, serve_command,
                              serve_forever, whole_number)
-from lessons.kit.echoservers import EchoServer, echo_servers
-from lessons.kit.generators import LoadGenerator, build, core_plan, load_generator
-from lessons.kit import labreport
-from lessons.kit.labreport import lab_figures, lab_tables, write_results
-from lessons.kit.processes import ServerProcess, machine
+from lessons.kit.echoservers import echo_servers
+from lessons.kit.generators import load_generator
+from lessons.kit.lab import BUSY_CLIENTS, Point, load_results, mark_ceilings, measure, os_loadavg, run_lab  # noqa: F401
+from lessons.kit.labreport import lab_figures, lab_tables, write_results  # noqa: F401
+from lessons.kit.processes import machine
 from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, raise_fd_limit
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, SERVER, Transcript
 
@@ -57,8 +54,6 @@ TITLE = "Scaling lab"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUSY_SWEEP, IDLE_SWEEP = [1, 10, 100, 1000, 10_000], [0, 100, 1000, 10_000]
 QUICK_BUSY, QUICK_IDLE = [10, 100], [0, 1000]
-BUSY_CLIENTS = 10           # the busy ones in experiment 2
-NEAR_CEILING = 0.9          # a rate within 10% of the load generator's ceiling is marked
 IDLE_DESIGNS = ["04 polling", "05 select()", "05 selectors (default)", "07 thread per client", "asyncio Protocol"]
 YARDSTICKS = ["C epoll echo", "05 selectors --fast", "asyncio Protocol"]   # fastest first: the ceiling
 
@@ -106,200 +101,6 @@ def _echo_one(conn: socket.socket, log: Transcript, who: str) -> None:
 # --- The designs under test: the kit's one list (one selectors backend is enough here). ---
 
 ARCHITECTURES = {s.name: s for s in echo_servers() if not s.name.startswith("05 selectors/")}
-
-
-def start(spec, cpus=None) -> ServerProcess:
-    """Start a design in its own process: an EchoServer from the list, or a raw Python argv."""
-    if isinstance(spec, EchoServer) and spec.program:
-        binary = build(spec.program)
-        if binary is None:
-            raise RuntimeError(f"could not build benchmarks/{spec.program}")
-        return ServerProcess([binary, *spec.argv], cpus=cpus, python=False)
-    return ServerProcess(list(spec.argv if isinstance(spec, EchoServer) else spec), cpus=cpus)
-
-
-# --- One measurement, and the sweeps. ---
-
-@dataclass
-class Point:
-    architecture: str
-    connections: int                 # busy connections, one message in flight on each
-    idle: int = 0                    # idle connections held open meanwhile
-    experiment: str = "busy"         # "busy" (experiment 1) or "idle" (experiment 2)
-    requests_per_second: float = 0.0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    server_cpu_seconds: float = 0.0
-    cpu_us_per_request: float = float("nan")
-    server_rss_kib: int = 0
-    rss_per_idle_connection: float = float("nan")   # bytes; only with 1,000 or more idle, never below 0
-    generator_busy: float = float("nan")            # the load generator's CPU seconds per second of load
-    ceiling_rps: float = float("nan")               # the load generator's ceiling at this point
-    near_ceiling: bool = False
-    correct: bool = False
-    wrong_replies: int = 0
-    load_average: float = float("nan")              # the machine's, over the last minute, when measured
-    note: str = ""
-
-
-def load_results(path) -> tuple[dict, list[Point]]:
-    """Read a results.json back: the machine it came from, and its points."""
-    return labreport.load_results(path, Point)
-
-
-def measure(server: ServerProcess, name: str, generator: LoadGenerator, connections: int, idle: int = 0,
-            size: int = 1024, duration: float = 3.0, hold: float = 1.0, experiment: str = "busy") -> Point:
-    """One point: open ``idle`` + ``connections``, hold them idle, then load the busy ones."""
-    point = Point(name, connections, idle, experiment, load_average=os_loadavg()[0])
-    base_rss, at_open, at_end = server.rss_kib(), {}, {}
-
-    def opened():   # every connection open and idle: let the server take them all, then read it
-        time.sleep(hold)
-        wait_until_accepted(server, connections + idle)
-        at_open.update(rss=server.rss_kib(), cpu=server.cpu_seconds())
-
-    def done():     # the last reply: read the CPU time before the server tears connections down
-        at_end["cpu"] = server.cpu_seconds()
-
-    result = generator.run(server.address, connections, size=size, duration=duration, idle=idle,
-                           on_opened=opened, on_done=done, stall_timeout=max(0.5, duration),
-                           connect_timeout=30 + (connections + idle) / 500)
-    point.correct = result.correct and result.answered == result.opened   # everyone served, and in time
-    point.wrong_replies = result.wrong_replies
-    point.requests_per_second = result.requests_per_second
-    point.p50_ms, point.p99_ms = result.latency(0.5) * 1e3, result.latency(0.99) * 1e3
-    point.server_cpu_seconds = at_end.get("cpu", server.cpu_seconds()) - at_open.get("cpu", 0.0)
-    if result.requests:
-        point.cpu_us_per_request = point.server_cpu_seconds / result.requests * 1e6
-    if result.seconds:
-        point.generator_busy = result.generator_cpu_seconds / result.seconds
-    point.server_rss_kib = at_open.get("rss", 0)
-    held = idle if experiment == "idle" else connections
-    # Below 1,000 the difference is noise; and it means nothing if the server dropped some.
-    if "rss" in at_open and held >= 1000 and at_open["rss"] > base_rss and not result.errors + result.idle_closed:
-        point.rss_per_idle_connection = (at_open["rss"] - base_rss) * 1024 / held
-    problems = []
-    if not server.alive():
-        problems.append(f"server exited ({server.proc.returncode})")
-    if result.errors:
-        problems.append(f"{result.errors:,} connections closed or reset by the server")
-    if result.opened and result.answered < result.opened:
-        problems.append(f"only {result.answered:,} of {result.opened:,} connections were answered in time")
-    elif result.failure:
-        problems.append(result.failure)
-    if result.wrong_replies:
-        problems.append(f"{result.wrong_replies:,} wrong replies")
-    if result.idle_closed:
-        problems.append(f"{result.idle_closed:,} of {idle:,} idle connections closed by the server")
-    point.note = "; ".join(problems)
-    return point
-
-
-def wait_until_accepted(server: ServerProcess, connections: int, patience: float = 1.0,
-                        limit: float = 60.0) -> None:
-    """Wait until the server holds every connection (its open descriptors say so), or stops taking
-    more for ``patience`` seconds (it refuses them), or ``limit`` passes. The kernel completes a
-    connection before the server accepts it, and starting a thread for each of 10,000 takes seconds."""
-    deadline, last, since = time.monotonic() + limit, None, time.monotonic()
-    while (count := server.open_files()) is not None and count < connections and time.monotonic() < deadline:
-        if count != last:
-            last, since = count, time.monotonic()
-        elif time.monotonic() - since > patience:
-            return
-        time.sleep(0.05)
-
-
-def run_lab(architectures: dict, sweep: list[int], size: int = 1024, duration: float = 3.0,
-            hold: float = 1.0, progress: bool = True, warm_up: float = 0.5, idle_sweep=(),
-            idle_designs=IDLE_DESIGNS, generator: LoadGenerator | None = None, fresh: bool = True,
-            yardstick: str | None = None) -> list[Point]:
-    """Measure every design at every point of both sweeps; never stop on a failure.
-
-    ``fresh``: a new server process for every point (clean memory readings);
-    otherwise one per design, for speed. ``yardstick``: the design whose rate
-    is the load generator's ceiling (else the fastest at each point).
-    """
-    generator = generator or load_generator()
-    server_cpus, _ = core_plan()
-    raise_fd_limit(2 * (max(sweep, default=0) + max(idle_sweep, default=0)) + 1024)
-    # Experiment 2 with no idle connection is experiment 1 with ten: measured once, when both ask for it.
-    same = BUSY_CLIENTS in sweep
-    plan = {name: [("busy", n, 0) for n in sweep]
-            + [("idle", BUSY_CLIENTS, n) for n in (idle_sweep if name in idle_designs or name == yardstick else ())
-               if n or not same]
-            for name in architectures}
-    points: list[Point] = []
-    with _progress(progress) as bar:
-        task = bar.add_task("starting", total=sum(map(len, plan.values())))
-        for name, spec in architectures.items():
-            server, fell_over = None, {}
-            try:
-                for experiment, busy, idle in plan[name]:
-                    bar.update(task, description=f"{name}, {busy + idle:,} connections")
-                    if experiment in fell_over:
-                        points.append(Point(name, busy, idle, experiment, note=f"not run: {fell_over[experiment]}"))
-                        bar.advance(task)
-                        continue
-                    if server is None or fresh:
-                        if server is not None:
-                            server.stop()
-                        try:
-                            server = start(spec, server_cpus)
-                        except RuntimeError as exc:
-                            server = None
-                            points.append(Point(name, busy, idle, experiment, note=str(exc)))
-                            fell_over = {"busy": "did not start", "idle": "did not start"}
-                            bar.advance(task)
-                            continue
-                        # Warm up on connections of its own, then close them: a fresh asyncio server has been
-                        # seen to run at a quarter of its speed until its first connections close.
-                        generator.run(server.address, min(busy, 10), size=size, duration=warm_up,
-                                      stall_timeout=max(0.2, warm_up))
-                    point = measure(server, name, generator, busy, idle, size, duration, hold, experiment)
-                    points.append(point)
-                    if not point.correct:
-                        fell_over[experiment] = f"fell over at {busy + idle:,}"
-                        server.stop()
-                        server = None
-                    bar.advance(task)
-            finally:
-                if server is not None:
-                    server.stop()
-    if same and 0 in idle_sweep:
-        ten = [dataclasses.replace(p, experiment="idle") for p in points
-               if p.experiment == "busy" and p.connections == BUSY_CLIENTS and
-               (p.architecture in idle_designs or p.architecture == yardstick)]
-        points = _after_busy(points, ten)
-    mark_ceilings(points, yardstick)
-    return points
-
-
-def _after_busy(points: list[Point], extra: list[Point]) -> list[Point]:
-    """Each design's copied point, just before its own idle points (or after its busy ones)."""
-    ordered = []
-    for name in dict.fromkeys(p.architecture for p in points):
-        mine = [p for p in points if p.architecture == name]
-        ordered += [p for p in mine if p.experiment == "busy"] + [p for p in extra if p.architecture == name]
-        ordered += [p for p in mine if p.experiment == "idle"]
-    return ordered
-
-
-def mark_ceilings(points: list[Point], yardstick: str | None) -> None:
-    """Each point's ceiling: the yardstick's rate there (the fastest rate, without one); mark those near it."""
-    for key in {(p.experiment, p.connections, p.idle) for p in points}:
-        here = [p for p in points if (p.experiment, p.connections, p.idle) == key and p.correct]
-        best = [p for p in here if p.architecture == yardstick] or sorted(here, key=lambda p: -p.requests_per_second)
-        if not best:
-            continue
-        for p in here:
-            p.ceiling_rps = best[0].requests_per_second
-            p.near_ceiling = p is not best[0] and p.requests_per_second >= NEAR_CEILING * p.ceiling_rps
-
-
-def _progress(show: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("{task.description:36.36}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not show, transient=True)
 
 
 # --- Two small experiments for the notebook: Nagle's algorithm, and recv sizes. ---
@@ -375,10 +176,12 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
     yardstick = next(n for n in YARDSTICKS if n in ARCHITECTURES)
     chosen.setdefault(yardstick, ARCHITECTURES[yardstick])
     duration = duration or (0.3 if quick else 3.0)
-    sweep, idle_sweep = connections or (QUICK_BUSY if quick else BUSY_SWEEP), idle or (QUICK_IDLE if quick else IDLE_SWEEP)
-    info = machine() | {"load_average_at_start": [round(x, 2) for x in os_loadavg()], "load_generator": generator.name,
-                        "pinned": bool(generator.cpus), "yardstick": yardstick, "duration_s": duration,
-                        "message_bytes": size, "command": " ".join(["python -m lessons.07_scaling", *sys.argv[1:]])}
+    sweep = connections or (QUICK_BUSY if quick else BUSY_SWEEP)
+    idle_sweep = idle or (QUICK_IDLE if quick else IDLE_SWEEP)
+    info = machine() | {"load_average_at_start": [round(x, 2) for x in os_loadavg()],
+                        "load_generator": generator.name, "pinned": bool(generator.cpus), "yardstick": yardstick,
+                        "duration_s": duration, "message_bytes": size,
+                        "command": " ".join(["python -m lessons.07_scaling", *sys.argv[1:]])}
     console.print(f"[bold]Scaling lab[/]: {len(chosen)} servers, {size:,}-byte messages, {duration:g} s a point, "
                   f"on {info['cpu']} ({info['cores']} cores), Python {info['python']}, load average "
                   f"{info['load_average_at_start'][0]:g}")
@@ -388,7 +191,7 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
         console.print("uvloop is not installed (it is optional, and not on Windows): its row is left out")
     points = run_lab(chosen, sweep, size=size, duration=duration, hold=0.2 if quick else 1.0,
                      warm_up=0.1 if quick else 0.5, idle_sweep=idle_sweep, generator=generator,
-                     fresh=not quick, yardstick=yardstick)
+                     idle_designs=IDLE_DESIGNS, fresh=not quick, yardstick=yardstick)
     info["load_average_at_end"] = [round(x, 2) for x in os_loadavg()]
     for renderable in lab_tables(points, info, width=console.width):
         console.print(renderable)
@@ -399,11 +202,6 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
     for p in wrong:
         console.print(f"[red]{p.architecture} sent {p.wrong_replies:,} wrong replies[/]")
     return 1 if wrong else 0
-
-
-def os_loadavg() -> tuple:
-    """The machine's load average (1, 5, 15 minutes): how busy it was while we measured."""
-    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
 # --- The command line. ---

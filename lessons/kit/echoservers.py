@@ -36,6 +36,17 @@ class EchoServer:
                     and any(shutil.which(cc) for cc in ("cc", "gcc", "clang")))
         return not self.needs or importlib.util.find_spec(self.needs) is not None
 
+    def start(self, **kwargs):
+        """Start it in a child process (compiling a C program first): a :class:`.processes.ServerProcess`."""
+        from .processes import ServerProcess
+        if self.program:
+            from .generators import build
+            binary = build(self.program)
+            if binary is None:
+                raise RuntimeError(f"could not build benchmarks/{self.program}")
+            return ServerProcess([binary, *self.argv], python=False, **kwargs)
+        return ServerProcess(list(self.argv), **kwargs)
+
 
 def _lesson(name: str, lesson: str, *options: str, function: str = "serve", concurrent: bool = True,
             **kwargs) -> EchoServer:

@@ -41,7 +41,7 @@ class LoadResult:
     idle: int = 0               # idle connections asked for, held open while the others were busy
     idle_opened: int = 0
     idle_closed: int = 0        # idle connections the server closed, reset or sent something to
-    generator_cpu_seconds: float = 0.0   # the load generator's own CPU time
+    generator_cpu_seconds: float = 0.0   # the load generator's own CPU time while loading
     quantiles: dict = field(default_factory=dict, repr=False)   # {0.5: s, 0.99: s}, when no latencies are kept
 
     @property
@@ -106,7 +106,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
     if size < HEADER.size:
         raise ValueError(f"messages must be at least {HEADER.size} bytes")
     result = LoadResult(connections, size, idle=idle)
-    cpu_at_start = time.process_time()
+    cpu_at_start = None
     filler = bytes(range(256)) * (size // 256 + 1)
     sel = selectors.DefaultSelector()
     conns: list[_Conn] = []
@@ -142,7 +142,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
         if on_opened:
             on_opened()   # every connection open and idle: a moment to measure the server
         # Phase 2: one message in flight per connection.
-        start = time.perf_counter()
+        start, cpu_at_start = time.perf_counter(), time.process_time()
         stop_at = start + duration
         for conn in conns:   # (connected sockets were unregistered by _finish_connects)
             _next_message(conn, filler, size)
@@ -218,7 +218,8 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
             on_done()
         return result
     finally:
-        result.generator_cpu_seconds = time.process_time() - cpu_at_start
+        if cpu_at_start is not None:   # the load's own CPU time, not the connecting's
+            result.generator_cpu_seconds = time.process_time() - cpu_at_start
         sel.close()
         for conn in conns + idlers:
             conn.sock.close()
