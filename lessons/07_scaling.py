@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
 import pathlib
 import signal
@@ -181,7 +182,8 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
     info = machine() | {"load_average_at_start": [round(x, 2) for x in os_loadavg()],
                         "load_generator": generator.name, "pinned": bool(generator.cpus), "yardstick": yardstick,
                         "duration_s": duration, "message_bytes": size,
-                        "command": " ".join(["python -m lessons.07_scaling", *sys.argv[1:]])}
+                        "command": " ".join(["python -m lessons.07_scaling", *sys.argv[1:]]),
+                        "date": datetime.datetime.now().isoformat(timespec="minutes")}
     console.print(f"[bold]Scaling lab[/]: {len(chosen)} servers, {size:,}-byte messages, {duration:g} s a point, "
                   f"on {info['cpu']} ({info['cores']} cores), Python {info['python']}, load average "
                   f"{info['load_average_at_start'][0]:g}")

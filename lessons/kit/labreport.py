@@ -199,10 +199,20 @@ def lab_figures(points, info: dict | None = None) -> dict:
 
 
 def _styles(points, info):
+    """(name, label, line style) for each design, in order: the same colour for a design in every figure."""
     yardstick = (info or {}).get("yardstick")
-    for name in dict.fromkeys(p.architecture for p in points):
-        style = dict(color="0.5", linestyle="--", marker=".") if name == yardstick else dict(marker="o")
-        yield name, (f"{name} (the ceiling)" if name == yardstick else name), style
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+               "#bcbd22", "#7f7f7f"]
+    names = [n for n in dict.fromkeys(p.architecture for p in points) if n != yardstick]
+    for i, name in enumerate(names):
+        yield name, name, dict(marker="o", color=palette[i % len(palette)])
+    if yardstick in {p.architecture for p in points}:
+        yield yardstick, f"{yardstick} (the ceiling)", dict(marker=".", color="black", linestyle="--")
+
+
+def _legend(fig, axes):
+    handles, labels = axes.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
 
 
 def _suptitle(fig, info):
@@ -215,23 +225,34 @@ def busy_figure(points, info: dict | None = None):
     """Experiment 1: throughput against connections, and memory per connection."""
     plt = _pyplot()
     busy = [p for p in points if p.experiment == "busy"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = sorted({p.connections for p in busy})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
     for name, label, style in _styles(busy, info):
-        ran = [p for p in busy if p.architecture == name and p.correct]
-        if ran:
-            left.plot([p.connections for p in ran], [p.requests_per_second for p in ran], label=label, **style)
-        held = [p for p in ran if p.rss_per_idle_connection == p.rss_per_idle_connection]
-        if held:
-            right.plot([p.connections for p in held], [p.rss_per_idle_connection / 1024 for p in held],
-                       label=label, **style)
+        mine = [p for p in busy if p.architecture == name]
+        ran = [p for p in mine if p.correct]
+        line, = left.plot([p.connections for p in ran], [p.requests_per_second for p in ran], label=label,
+                          **style)
+        failed = [p for p in mine if not p.correct and not p.note.startswith("not run")]
+        left.plot([p.connections for p in failed], [0] * len(failed), "x", color=line.get_color(),
+                  markersize=10, mew=2)
+        held = [p for p in mine if p.rss_per_idle_connection == p.rss_per_idle_connection]
+        right.plot([p.connections for p in held], [p.rss_per_idle_connection / 1024 for p in held], **style)
     left.set(xscale="log", xlabel="connections, all busy", ylabel="requests per second", title="throughput")
-    right.set(xscale="log", yscale="log", xlabel="connections (1,000 and more)",
+    right.set(xscale="log", xlabel="connections (1,000 and more)",
               ylabel="server memory per idle connection (KiB)", title="memory per connection")
-    left.legend(fontsize=8)
+    if right.lines and any(len(line.get_xdata()) for line in right.lines):
+        right.set_yscale("log")
+    else:
+        right.annotate("shown from 1,000 connections", (0.5, 0.5), xycoords="axes fraction", ha="center")
+    left.annotate("x: failed (see the table)", (0.01, 0.02), xycoords="axes fraction", fontsize=8)
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
+        ax.set_xticks(xs, [f"{n:,}" for n in xs])
+        ax.minorticks_off()
+    right.set_xlim(left.get_xlim())
+    _legend(fig, left)
     _suptitle(fig, info)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     plt.close(fig)   # the caller decides whether to show it (a notebook shows a returned figure)
     return fig
 
@@ -242,7 +263,7 @@ def idle_figure(points, info: dict | None = None):
     idle = [p for p in points if p.experiment == "idle"]
     xs = sorted({p.idle for p in idle})
     where = {n: i for i, n in enumerate(xs)}   # evenly spaced: 0 has no place on a log axis
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     panels = [("requests_per_second", "busy clients' requests per second", 1),
               ("p99_ms", "busy clients' p99 round trip (ms)", 1),
               ("cpu_us_per_request", "server CPU per request (µs)", 1),
@@ -259,13 +280,12 @@ def idle_figure(points, info: dict | None = None):
                         markersize=10, mew=2)
         ax.set(title=title, xticks=range(len(xs)), xticklabels=[f"{n:,}" for n in xs],
                xlabel="idle connections held open")
-        if field in ("p99_ms", "cpu_us_per_request"):
+        if field in ("p99_ms", "cpu_us_per_request") and any(len(line.get_xdata()) for line in ax.lines):
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    axes[0][0].annotate("x: failed (refused or dropped connections)", (0.01, 0.02), xycoords="axes fraction",
-                        fontsize=8)
+    axes[0][0].annotate("x: failed (see the table)", (0.01, 0.02), xycoords="axes fraction", fontsize=8)
+    _legend(fig, axes[0][0])
     _suptitle(fig, info)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     plt.close(fig)
     return fig
