@@ -148,59 +148,50 @@ def run_lab(architectures: dict, sweep: list[int], size: int = 1024, duration: f
     plan = {name: [("busy", n, 0) for n in sweep]
             + [("idle", BUSY_CLIENTS, n) for n in (idle_sweep if in_experiment_2(name) else ()) if n or not same]
             for name in architectures}
+    tasks = [(name, step) for name in architectures for step in plan[name]]
+    if fresh:   # point by point, every design in turn: all are measured at one load within a minute or
+        # two of each other (and of the ceiling), on a machine in much the same state
+        order = {step: i for i, step in enumerate(dict.fromkeys(step for _, step in tasks))}
+        tasks.sort(key=lambda task: order[task[1]])
     points: list[Point] = []
+    servers: dict = {}
+    fell_over: dict = {name: {} for name in architectures}
     with _progress(progress) as bar:
-        task = bar.add_task("starting", total=sum(map(len, plan.values())))
-        for name, spec in architectures.items():
-            server, fell_over = None, {}
-            try:
-                for experiment, busy, idle in plan[name]:
-                    bar.update(task, description=f"{name}, {busy + idle:,} connections")
-                    if experiment in fell_over:
-                        points.append(Point(name, busy, idle, experiment, note=f"not run: {fell_over[experiment]}"))
-                        bar.advance(task)
+        task = bar.add_task("starting", total=len(tasks))
+        try:
+            for name, (experiment, busy, idle) in tasks:
+                bar.update(task, description=f"{name}, {busy + idle:,} connections")
+                bar.advance(task)
+                if experiment in fell_over[name]:
+                    points.append(Point(name, busy, idle, experiment, note=f"not run: {fell_over[name][experiment]}"))
+                    continue
+                if name not in servers:
+                    try:
+                        servers[name] = start(architectures[name], server_cpus)
+                    except RuntimeError as exc:
+                        points.append(Point(name, busy, idle, experiment, note=str(exc)))
+                        fell_over[name] = {"busy": "did not start", "idle": "did not start"}
                         continue
-                    if server is None or fresh:
-                        if server is not None:
-                            server.stop()
-                        try:
-                            server = start(spec, server_cpus)
-                        except RuntimeError as exc:
-                            server = None
-                            points.append(Point(name, busy, idle, experiment, note=str(exc)))
-                            fell_over = {"busy": "did not start", "idle": "did not start"}
-                            bar.advance(task)
-                            continue
-                        # Warm up on connections of its own, then close them: a fresh asyncio server has been
-                        # seen to run at a quarter of its speed until its first connections close.
-                        generator.run(server.address, min(busy, 10), size=size, duration=warm_up,
-                                      stall_timeout=max(0.2, warm_up))
-                    point = measure(server, name, generator, busy, idle, size, duration, hold, experiment)
-                    points.append(point)
-                    if not point.correct:
-                        fell_over[experiment] = f"fell over at {busy + idle:,}"
-                        server.stop()
-                        server = None
-                    bar.advance(task)
-            finally:
-                if server is not None:
-                    server.stop()
+                    # Warm up on connections of its own, then close them: a fresh asyncio server has been
+                    # seen to run at a quarter of its speed until its first connections close.
+                    generator.run(servers[name].address, min(busy, 10), size=size, duration=warm_up,
+                                  stall_timeout=max(0.2, warm_up))
+                point = measure(servers[name], name, generator, busy, idle, size, duration, hold, experiment)
+                points.append(point)
+                if not point.correct:
+                    fell_over[name][experiment] = f"fell over at {busy + idle:,}"
+                if fresh or not point.correct:
+                    servers.pop(name).stop()
+        finally:
+            for server in servers.values():
+                server.stop()
     if same and 0 in idle_sweep:
-        ten = [dataclasses.replace(p, experiment="idle") for p in points
-               if p.experiment == "busy" and p.connections == BUSY_CLIENTS and in_experiment_2(p.architecture)]
-        points = _after_busy(points, ten)
+        points += [dataclasses.replace(p, experiment="idle") for p in points
+                   if p.experiment == "busy" and p.connections == BUSY_CLIENTS and in_experiment_2(p.architecture)]
+    names = list(architectures)
+    points.sort(key=lambda p: (names.index(p.architecture), p.experiment != "busy", p.connections, p.idle))
     mark_ceilings(points, yardstick)
     return points
-
-
-def _after_busy(points: list[Point], extra: list[Point]) -> list[Point]:
-    """Each design's copied point, just before its own idle points (or after its busy ones)."""
-    ordered = []
-    for name in dict.fromkeys(p.architecture for p in points):
-        mine = [p for p in points if p.architecture == name]
-        ordered += [p for p in mine if p.experiment == "busy"] + [p for p in extra if p.architecture == name]
-        ordered += [p for p in mine if p.experiment == "idle"]
-    return ordered
 
 
 def mark_ceilings(points: list[Point], yardstick: str | None) -> None:
