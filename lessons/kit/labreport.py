@@ -116,8 +116,13 @@ def _ceiling_line(points, experiment: str, info: dict) -> str:
             ceilings[_x(p)] = (p.ceiling_rps, p.generator_busy if p.architecture == yardstick else None)
     parts = [f"{x:,}: {rps:,.0f}" + (f" (generator {busy:.0%} busy)" if busy is not None and busy == busy else "")
              for x, (rps, busy) in sorted(ceilings.items())]
-    return (f"load generator's ceiling ({info.get('load_generator', 'load generator')} against {yardstick}), "
+    line = (f"load generator's ceiling ({info.get('load_generator', 'load generator')} against {yardstick}), "
             f"req/s at each {EXPERIMENTS[experiment][1]}: " + "; ".join(parts))
+    busy = [b for _, b in ceilings.values() if b is not None and b == b]
+    if busy and min(busy) < 0.5:   # neither the generator nor the yardstick used its core: something else did
+        line += (". Where the generator was under half busy against the C server, neither used its core "
+                 "fully: the machine was busy with other work, so compare CPU per request, not requests/s")
+    return line
 
 
 def full_table(points, info: dict) -> str:
