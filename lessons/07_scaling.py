@@ -45,7 +45,8 @@ from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_clie
                              serve_forever, whole_number)
 from lessons.kit.echoservers import echo_servers
 from lessons.kit.generators import load_generator
-from lessons.kit.lab import BUSY_CLIENTS, Point, load_results, mark_ceilings, measure, os_loadavg, run_lab  # noqa: F401
+from lessons.kit.lab import (BUSY_CLIENTS, Point, load_results, mark_ceilings, measure,  # noqa: F401
+                             os_loadavg, run_lab)
 from lessons.kit.labreport import lab_figures, lab_tables, write_results  # noqa: F401
 from lessons.kit.processes import machine
 from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, raise_fd_limit
@@ -210,7 +211,7 @@ def demo(quick: bool = False, connections: list[int] | None = None, idle: list[i
 
 def add_lab_args(parser) -> None:
     """The lab's options, each with a sane range."""
-    parser.add_argument("--quick", action="store_true", help="a small lab (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="a small lab (about 25 s)")
     parser.add_argument("--connections", type=whole_number(1, 20_000, "--connections"), nargs="+", metavar="N",
                         help=f"experiment 1's sweep (default {' '.join(map(str, BUSY_SWEEP))})")
     parser.add_argument("--idle", type=whole_number(0, 20_000, "--idle"), nargs="+", metavar="N",
@@ -232,11 +233,13 @@ def check_lab_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--only {' '.join(args.only)} matches no server; the servers: {', '.join(ARCHITECTURES)}")
     most = max(args.connections or BUSY_SWEEP)
     if most * args.size > 256 << 20:
-        parser.error(f"{most:,} connections × {args.size:,} bytes in flight is more than 256 MiB: choose fewer or smaller")
+        parser.error(f"{most:,} connections × {args.size:,} bytes in flight is more than 256 MiB: "
+                     "choose fewer or smaller")
     wanted = max(max(args.connections or BUSY_SWEEP), BUSY_CLIENTS + max(args.idle or IDLE_SWEEP)) + 64
     raise_fd_limit(2 * wanted + 1024)
     if (limit := fd_limit()) is not None and limit < wanted:
-        parser.error(f"{wanted:,} connections need as many open files, and this system allows {limit:,} (ulimit -n)")
+        parser.error(f"{wanted:,} connections need as many open files, "
+                     f"and this system allows {limit:,} (ulimit -n)")
 
 
 @contextlib.contextmanager
@@ -257,7 +260,9 @@ def main(argv=None) -> int:
         add_lab_args(p)
     serve_cmd = serve_command(commands, port=9907)
     serve_cmd.add_argument("--idle-timeout", type=seconds(0, 86400, zero_means="never"), default=60.0,
-                           metavar="SECONDS", help="drop a client silent this long (0: never; default %(default)g)")
+                           metavar="SECONDS",
+                           help="drop a client that sends or reads nothing this long "
+                                "(0: never; default %(default)g)")
     echo.add_client_args(client_command(commands, port=9907))
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -163,7 +163,8 @@ def run_lab(architectures: dict, sweep: list[int], size: int = 1024, duration: f
                 bar.update(task, description=f"{name}, {busy + idle:,} connections")
                 bar.advance(task)
                 if experiment in fell_over[name]:
-                    points.append(Point(name, busy, idle, experiment, note=f"not run: {fell_over[name][experiment]}"))
+                    why = fell_over[name][experiment]
+                    points.append(Point(name, busy, idle, experiment, note=f"not run: {why}"))
                     continue
                 if name not in servers:
                     try:
@@ -198,7 +199,8 @@ def mark_ceilings(points: list[Point], yardstick: str | None) -> None:
     """Each point's ceiling: the yardstick's rate there (the fastest rate, without one); mark those near it."""
     for key in {(p.experiment, p.connections, p.idle) for p in points}:
         here = [p for p in points if (p.experiment, p.connections, p.idle) == key and p.correct]
-        best = [p for p in here if p.architecture == yardstick] or sorted(here, key=lambda p: -p.requests_per_second)
+        best = ([p for p in here if p.architecture == yardstick]
+                or sorted(here, key=lambda p: -p.requests_per_second))
         if not best:
             continue
         for p in here:

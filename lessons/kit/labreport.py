@@ -56,8 +56,8 @@ def _rows(points, experiment: str, footnotes: list[str]) -> list[list[str]]:
         else:
             rate = f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else "")
         ran = p.correct or p.requests_per_second > 0
-        rows.append([p.architecture, f"{_x(p):,}", rate, _ms(p.p50_ms) if ran else "", _ms(p.p99_ms) if ran else "",
-                     _us(p.cpu_us_per_request) if ran else "", _count(p.rss_per_idle_connection)])
+        measured = [_ms(p.p50_ms), _ms(p.p99_ms), _us(p.cpu_us_per_request)] if ran else ["", "", ""]
+        rows.append([p.architecture, f"{_x(p):,}", rate, *measured, _count(p.rss_per_idle_connection)])
     return rows
 
 
@@ -90,13 +90,13 @@ def lab_tables(points, info: dict, width: int = 80) -> list:
         else:   # too narrow for a table: one line a point, which wraps between words, never inside a number
             out.append(Text(title, style="bold"))
             for row in rows:
-                fields = [f"{row[1]} {x_name}", f"{row[2]} req/s"] + [f"{h} {v}" for h, v in zip(HEADERS[1:], row[3:])
-                                                                       if v]
+                fields = [f"{row[1]} {x_name}", f"{row[2]} req/s"]
+                fields += [f"{h} {v}" for h, v in zip(HEADERS[1:], row[3:]) if v]
                 out.append(Text(f"{row[0]}: " + "; ".join(fields)))
         legend = [f"[{n}] {text}" for n, text in enumerate(footnotes, 1)]
         if any(p.near_ceiling for p in points if p.experiment == experiment):
-            legend.append("* within 10% of the load generator's ceiling at that point: "
-                          "there it may be the generator, not the server, that is measured")
+            legend.append("* within 10% of the load generator's ceiling at that point, or above it: "
+                          "there the lab may be measuring the generator (or the machine), not the server")
         legend.append(_ceiling_line(points, experiment, info))
         if experiment == "busy":
             legend.append("B/idle conn: server memory per connection while all are open and idle, "
@@ -138,7 +138,8 @@ def full_table(points, info: dict) -> str:
     columns = ["server", "experiment", "busy", "idle", "req/s", "ceiling", "p50 ms", "p99 ms", "server CPU s",
                "CPU µs/req", "RSS KiB", "B/idle conn", "generator busy", "correct", "note"]
     for c in columns:
-        table.add_column(c, no_wrap=c not in ("note", "server"), justify="left" if c in ("server", "note") else "right")
+        words = c in ("server", "note")
+        table.add_column(c, no_wrap=not words, justify="left" if words else "right")
     for p in points:
         table.add_row(p.architecture, p.experiment, f"{p.connections:,}", f"{p.idle:,}",
                       f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else ""), _count(p.ceiling_rps),
@@ -147,7 +148,7 @@ def full_table(points, info: dict) -> str:
                       "" if p.generator_busy != p.generator_busy else f"{p.generator_busy:.0%}",
                       "yes" if p.correct else "no", p.note)
     console.print(table)
-    console.print("* within 10% of the load generator's ceiling at that point")
+    console.print("* within 10% of the load generator's ceiling at that point, or above it")
     return console.file.getvalue()
 
 
