@@ -65,6 +65,8 @@ SIZE = 1024
 PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 SERVER_CPU, LOAD_CPU = (sorted(os.sched_getaffinity(0))[:2] if PIN else (None, None))
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+FAST = "fast (kit/fastecho.py)"
+FAST_SPLICE = "fast --splice"
 
 # The steps, in order (names in fast_echo_steps.STEPS), and what each changed; then
 # the ways tried and not kept ("x-"), each a variant of the step named in its text.
@@ -75,9 +77,9 @@ STEPS = [
     ("3-quiet", "no transcript call per recv and send"),
     ("4-descriptors", "os.read/os.write on the fd epoll returns; functions in locals"),
     ("5-final", "per wake-up: 64-event buffer, stop flag every 16 wake-ups; dispatch on the event mask"),
+    ("6-splice", "opt-in (--splice): os.splice socket -> pipe -> socket, no bytes object at all"),
     ("x-recv_into", "tried on step 4: sock.recv_into a reused buffer, send a memoryview slice"),
     ("x-readv", "tried on step 4: os.readv into a reused buffer, os.write a memoryview slice"),
-    ("x-splice", "tried on step 5: os.splice socket -> pipe -> socket, no bytes object at all"),
 ]
 
 
@@ -342,9 +344,8 @@ def contenders(echo_c: str | None, with_steps: bool) -> dict[str, list[str]]:
     if with_steps:
         for name in ("1-epoll", "2-straight", "3-quiet", "4-descriptors"):
             servers[f"step {name}"] = step(name)
-    servers["fast (kit/fastecho.py)"] = [PY, "-m", "lessons.kit.fastecho", "--quiet"]
-    if with_steps:
-        servers["x-splice (tried)"] = step("x-splice")
+    servers[FAST] = [PY, "-m", "lessons.kit.fastecho", "--quiet"]
+    servers[FAST_SPLICE] = [PY, "-m", "lessons.kit.fastecho", "--quiet", "--splice"]
     servers["asyncio Protocol"] = [PY, "-m", "lessons.kit.baselines", "protocol"]
     if HAVE_UVLOOP:
         servers["uvloop Protocol"] = [PY, "-m", "lessons.kit.baselines", "protocol", "--uvloop"]
@@ -418,6 +419,12 @@ def table(results: dict, ceiling_name: str | None) -> tuple[str, dict]:
                 f"| {s['server_user_us'] + s['server_sys_us']:.1f} ({s['server_user_us']:.1f} + {s['server_sys_us']:.1f}) "
                 f"| {s['loadgen_busy']:.0%} | {s['p99_us']:,.0f} | {s['loadavg_1min']:.2f} |"
                 + ("" if s["all_correct"] else " WRONG REPLIES"))
+        for name in (FAST, FAST_SPLICE):
+            fast = by_server.get(name, {}).get("median_rps")
+            if fast and uv and c:
+                lines.append(f"\ntargets at {n:,} connections, {name}: {fast / uv:.2f}× uvloop (target 1.0: "
+                             f"{'met' if fast >= uv else 'not met'}), {fast / c:.2f}× C (target 0.8: "
+                             f"{'met' if fast >= 0.8 * c else 'not met'})")
     return "\n".join(lines), ceilings
 
 

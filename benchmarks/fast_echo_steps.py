@@ -243,6 +243,7 @@ def step4_descriptors(listener, stop, log):
 # Step 5 is the kit's server, lessons/kit/fastecho.py: step 4 with less work per
 # wake-up (a 64-event buffer instead of 1,024, the stop flag read every 16
 # wake-ups) and the event mask, not two lookups, telling the common case apart.
+# Step 6 is the kit's opt-in serve_splice: step 5 with os.splice, no bytes objects.
 
 
 # --- Tried, not kept. ---
@@ -323,64 +324,6 @@ def _step4_reading_into_a_buffer(how: str):
     return serve
 
 
-def splice_echo(listener, stop, log):
-    """Step 5 with os.splice through one shared pipe: the bytes never become a Python object.
-
-    Each message goes socket -> pipe -> the same socket inside the kernel. The
-    pipe is empty again after every event (what a partial send leaves is read
-    out into the pending echo), so one pipe serves every client.
-    """
-    import fcntl
-    IN_, LISTENER = select.EPOLLIN, select.EPOLLIN | select.EPOLLRDNORM
-    listener.setblocking(False)
-    ep = select.epoll()
-    ep.register(listener.fileno(), LISTENER)
-    clients = fastecho.Clients(listener, log, ep, IN_, OUT, LISTENER)
-    pipe_out, pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, 1 << 20)   # more per splice, for floods
-    except OSError:
-        pass
-    poll, splice, stopped = ep.poll, os.splice, stop.is_set
-    try:
-        while not stopped():
-            for _wakeup in fastecho.BETWEEN_STOP_CHECKS:
-                ready = poll(POLL_INTERVAL, fastecho.MAX_EVENTS)
-                if not ready:
-                    break
-                for fd, events in ready:
-                    if events == IN_:
-                        try:
-                            n = splice(fd, pipe_in, RECV_SIZE)
-                        except (BlockingIOError, InterruptedError):
-                            continue
-                        except OSError as exc:
-                            clients.fail(fd, exc)
-                            continue
-                        if not n:
-                            clients.eof(fd)
-                            continue
-                        try:
-                            sent = splice(pipe_out, fd, n)
-                        except (BlockingIOError, InterruptedError):
-                            sent = 0
-                        except OSError as exc:
-                            os.read(pipe_out, n)          # empty the pipe for the next client
-                            clients.fail(fd, exc)
-                            continue
-                        if sent != n:
-                            clients.hold(fd, os.read(pipe_out, n - sent))
-                    elif events == LISTENER:
-                        clients.accept_all()
-                    else:
-                        clients.other(fd)
-    finally:
-        ep.close()
-        os.close(pipe_out)
-        os.close(pipe_in)
-        clients.close_all()
-
-
 STEPS = {
     "0-lesson05": lesson05.serve,
     "1-epoll": step1_epoll,
@@ -388,9 +331,9 @@ STEPS = {
     "3-quiet": step3_quiet,
     "4-descriptors": step4_descriptors,
     "5-final": fastecho.serve,
+    "6-splice": fastecho.serve_splice,
     "x-recv_into": _step4_reading_into_a_buffer("recv_into"),
     "x-readv": _step4_reading_into_a_buffer("readv"),
-    "x-splice": splice_echo,
 }
 
 

@@ -1,8 +1,9 @@
-"""The fast echo server (lessons/kit/fastecho.py) keeps lesson 02's contract, on epoll and on
-the portable selectors loop; and the C yardstick (benchmarks/echo_c.c) compiles and echoes."""
+"""The fast echo server (lessons/kit/fastecho.py) keeps lesson 02's contract on each of its loops
+(epoll, splice, portable selectors); the measured steps echo; the C yardstick compiles and echoes."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pathlib
 import select
 import shutil
@@ -22,6 +23,8 @@ from tests.conftest import ROOT, run_module
 LOOPS = {"portable": fastecho.serve_portable}
 if hasattr(select, "epoll"):
     LOOPS = {"epoll": fastecho.serve_epoll, **LOOPS}
+if hasattr(select, "epoll") and hasattr(os, "splice"):
+    LOOPS["splice"] = fastecho.serve_splice
 MIB = 1024 * 1024
 
 
