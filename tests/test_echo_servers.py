@@ -89,7 +89,6 @@ def test_a_client_that_never_reads_does_not_hold_up_the_others(concurrent_server
 
 
 def test_every_process_server_in_the_list_starts_and_echoes():
-    from lessons.kit.processes import ServerProcess
     for entry in echo_servers():
-        with ServerProcess(list(entry.argv)) as server:
+        with entry.start() as server:
             assert echo(server.address, entry.name.encode()) == entry.name.encode(), entry.name

@@ -65,3 +65,40 @@ def test_a_refusing_server_is_reported():
 def test_only_loopback():
     with pytest.raises(ValueError, match="only to loopback"):
         run_load(("192.0.2.1", 7), connections=1, duration=1)
+
+
+def test_idle_connections_are_held_and_a_server_that_drops_them_is_caught():
+    with running(multiplexed.serve) as server:
+        calls = []
+        result = run_load(server.address, connections=2, size=256, duration=0.2, idle=30,
+                          on_opened=lambda: calls.append("opened"), on_done=lambda: calls.append("done"))
+    assert result.correct and result.idle_opened == 30 and result.idle_closed == 0
+    assert calls == ["opened", "done"] and result.answered == 2
+
+    def drops_the_quiet_ones(listener, stop, log):
+        """Echoes the first two clients; closes every other connection at once."""
+        for number, (conn, _) in enumerate(accept_until(listener, stop)):
+            if number < 5:   # the idle ones come first: close them
+                conn.close()
+                continue
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+    with running(drops_the_quiet_ones) as server:
+        result = run_load(server.address, connections=1, size=64, duration=0.2, idle=5, stall_timeout=1.0)
+        server.stop.set()
+    assert result.requests > 0 and result.idle_closed == 5 and not result.correct
+
+
+@pytest.mark.parametrize("prefer_c", [True, False])
+def test_both_generators_agree_on_what_they_report(prefer_c):
+    from lessons.kit.generators import load_generator
+    generator = load_generator(prefer_c=prefer_c)
+    with running(multiplexed.serve) as server:
+        seen = []
+        result = generator.run(server.address, 3, size=512, duration=0.3, idle=20,
+                               on_opened=lambda: seen.append("opened"), on_done=lambda: seen.append("done"))
+    assert result.correct and result.answered == 3 and result.idle_opened == 20 and result.idle_closed == 0
+    assert result.requests > 0 and 0 < result.latency(0.5) <= result.latency(0.99)
+    assert result.generator_cpu_seconds > 0 and seen == ["opened", "done"]

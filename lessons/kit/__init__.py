@@ -12,6 +12,9 @@
 - :mod:`.probes`     careless clients against a server, and the sockets it leaves behind
 - :mod:`.loadgen`    a load generator that checks every reply (lesson 07, benchmarks)
 - :mod:`.processes`  servers in child processes: port, CPU time, memory
+- :mod:`.generators` the lab's load generators: loadgen.c when a compiler is present, pinned to a core
+- :mod:`.lab`        the scaling lab's engine: points, sweeps, the load generator's ceiling (lesson 07)
+- :mod:`.labreport`  the lab's tables (never a cut number), result files and figures
 - :mod:`.baselines`  asyncio echo servers to measure against
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)

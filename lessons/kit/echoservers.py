@@ -9,7 +9,10 @@ run it in process). Written as names, not imports: the kit imports no lesson.
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 import selectors
+import shutil
+import sys
 from dataclasses import dataclass, field
 
 
@@ -23,10 +26,26 @@ class EchoServer:
     kwargs: dict = field(default_factory=dict)
     concurrent: bool = True          # serves many clients at once (lesson 02's does not)
     needs: str = ""                  # an optional module it needs (uvloop), or ""
+    program: str = ""                # a C program in benchmarks/ (argv are then its arguments), or ""
 
     def available(self) -> bool:
-        """Whether this machine can run it (its optional module is installed)."""
+        """Whether this machine can run it (its optional module is installed; for a C program,
+        a compiler, epoll and the source are here: kit.generators.build compiles it)."""
+        if self.program:
+            return (sys.platform.startswith("linux") and (BENCHMARKS / self.program).exists()
+                    and any(shutil.which(cc) for cc in ("cc", "gcc", "clang")))
         return not self.needs or importlib.util.find_spec(self.needs) is not None
+
+    def start(self, **kwargs):
+        """Start it in a child process (compiling a C program first): a :class:`.processes.ServerProcess`."""
+        from .processes import ServerProcess
+        if self.program:
+            from .generators import build
+            binary = build(self.program)
+            if binary is None:
+                raise RuntimeError(f"could not build benchmarks/{self.program}")
+            return ServerProcess([binary, *self.argv], python=False, **kwargs)
+        return ServerProcess(list(self.argv), **kwargs)
 
 
 def _lesson(name: str, lesson: str, *options: str, function: str = "serve", concurrent: bool = True,
@@ -34,6 +53,8 @@ def _lesson(name: str, lesson: str, *options: str, function: str = "serve", conc
     return EchoServer(name, ("-m", f"lessons.{lesson}", "serve", "--quiet", *options), lesson, function,
                       kwargs, concurrent)
 
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent.parent / "benchmarks"
 
 _BACKENDS = [name for name, cls in [("select", "SelectSelector"), ("poll", "PollSelector"),
                                     ("epoll", "EpollSelector"), ("kqueue", "KqueueSelector")]
@@ -52,6 +73,10 @@ ECHO_SERVERS: list[EchoServer] = [
     EchoServer("asyncio Protocol", ("-m", "lessons.kit.baselines", "protocol")),
     EchoServer("asyncio Protocol + uvloop", ("-m", "lessons.kit.baselines", "protocol", "--uvloop"),
                needs="uvloop"),
+    # Lesson 05's loop with the Python work per message cut down (lessons/kit/fastecho.py).
+    EchoServer("05 selectors --fast", ("-m", "lessons.kit.fastecho", "--quiet"), needs="lessons.kit.fastecho"),
+    # The yardstick: a C epoll echo server, the ceiling that the lab measures its load generator against.
+    EchoServer("C epoll echo", ("--quiet",), program="echo_c.c"),
 ]
 
 

@@ -37,7 +37,12 @@ class LoadResult:
     seconds: float = 0.0
     latencies: list = field(default_factory=list, repr=False)
     failure: str = ""           # why the run could not go on, if it could not
-    answered: int = 0           # connections that got at least one reply
+    answered: int = 0           # connections that got a reply during the load (in time)
+    idle: int = 0               # idle connections asked for, held open while the others were busy
+    idle_opened: int = 0
+    idle_closed: int = 0        # idle connections the server closed, reset or sent something to
+    generator_cpu_seconds: float = 0.0   # the load generator's own CPU time while loading
+    quantiles: dict = field(default_factory=dict, repr=False)   # {0.5: s, 0.99: s}, when no latencies are kept
 
     @property
     def requests_per_second(self) -> float:
@@ -46,11 +51,14 @@ class LoadResult:
 
     @property
     def correct(self) -> bool:
-        """Every connection opened, every reply right, no error."""
-        return not self.failure and self.opened == self.connections and self.wrong_replies == 0 and self.errors == 0
+        """Every connection opened, every reply right, no error, every idle connection left alone."""
+        return (not self.failure and self.opened == self.connections and self.wrong_replies == 0
+                and self.errors == 0 and self.idle_opened == self.idle and self.idle_closed == 0)
 
     def latency(self, quantile: float) -> float:
         """Round-trip seconds at that quantile (0.5 for p50)."""
+        if quantile in self.quantiles:
+            return self.quantiles[quantile]
         if not self.latencies:
             return float("nan")
         ordered = sorted(self.latencies)
@@ -79,27 +87,35 @@ class _Conn:
 def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
              requests_per_connection: Optional[int] = None, connect_timeout: float = 10.0,
              idle_hold: float = 0.0, progress: Optional[Callable[[str, float], None]] = None,
-             on_opened: Optional[Callable[[], None]] = None, stall_timeout: float = 10.0) -> LoadResult:
+             on_opened: Optional[Callable[[], None]] = None, stall_timeout: float = 10.0,
+             idle: int = 0, on_done: Optional[Callable[[], None]] = None) -> LoadResult:
     """Open ``connections``, then exchange messages of ``size`` bytes until
     ``duration`` seconds pass (or each connection made ``requests_per_connection``).
 
     ``idle_hold`` keeps every connection open and idle that long after opening,
     before any traffic; then ``on_opened()`` is called (to measure the server
-    while it holds every connection idle).
+    while it holds every connection idle). ``idle`` opens that many more
+    connections first, which never send anything and stay open while the
+    others are busy; the server must leave them be (``idle_closed`` counts
+    those it closed, reset or wrote to). ``on_done()`` is called after the
+    last reply, before any connection is closed (to read the server's CPU time
+    before it starts tearing connections down).
     """
     host, port = address[:2]
     require_loopback(host)
     if size < HEADER.size:
         raise ValueError(f"messages must be at least {HEADER.size} bytes")
-    result = LoadResult(connections, size)
+    result = LoadResult(connections, size, idle=idle)
+    cpu_at_start = None
     filler = bytes(range(256)) * (size // 256 + 1)
     sel = selectors.DefaultSelector()
     conns: list[_Conn] = []
+    idlers: list[_Conn] = []
     try:
-        # Phase 1: connect, in batches so the server's accept queue keeps up.
+        # Phase 1: connect, in batches so the server's accept queue keeps up; idle connections first.
         deadline = time.monotonic() + connect_timeout
         pending = 0
-        for number in range(connections):
+        for number in range(-idle, connections):
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -109,7 +125,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 result.failure = f"connect failed: {errno.errorcode.get(code, code)}"
                 return result
             conn = _Conn(sock, number)
-            conns.append(conn)
+            (conns if number >= 0 else idlers).append(conn)
             sel.register(sock, selectors.EVENT_WRITE, conn)
             pending += 1
             if pending >= 256 or number == connections - 1:
@@ -117,8 +133,8 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 if result.failure:
                     return result
             if progress and number % 500 == 0:
-                progress("connect", (number + 1) / connections)
-        result.opened = connections
+                progress("connect", (number + idle + 1) / (connections + idle))
+        result.opened, result.idle_opened = connections, idle
         if progress:
             progress("connect", 1.0)
         if idle_hold:
@@ -126,17 +142,19 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
         if on_opened:
             on_opened()   # every connection open and idle: a moment to measure the server
         # Phase 2: one message in flight per connection.
-        start = time.perf_counter()
+        start, cpu_at_start = time.perf_counter(), time.process_time()
         stop_at = start + duration
         for conn in conns:   # (connected sockets were unregistered by _finish_connects)
             _next_message(conn, filler, size)
             sel.register(conn.sock, _send_some(conn, size), conn)
+        for conn in idlers:  # an idle connection that becomes readable was closed, reset or written to
+            sel.register(conn.sock, selectors.EVENT_READ, None)
         active = set(conns)
 
         def retire(conn: _Conn, failed: bool = False) -> None:
             if failed:
                 result.errors += 1   # reset, or closed by the server mid-exchange
-            sel.unregister(conn.sock)
+            sel.unregister(conn.sock)   # (still open until the end, as loadgen.c keeps it)
             active.discard(conn)
 
         last_report = start
@@ -146,6 +164,10 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 break
             for key, mask in sel.select(timeout=0.5):
                 conn = key.data
+                if conn is None:
+                    result.idle_closed += 1
+                    sel.unregister(key.fileobj)
+                    continue
                 try:
                     if mask & selectors.EVENT_WRITE:
                         conn.sent += conn.sock.send(memoryview(conn.message)[conn.sent:])
@@ -167,7 +189,7 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 finished = time.perf_counter()
                 if bytes(conn.received) != conn.message:
                     result.wrong_replies += 1
-                if conn.seq == 0:
+                if conn.seq == 0 and finished < stop_at:
                     result.answered += 1
                 result.requests += 1
                 if len(result.latencies) < MAX_LATENCIES:
@@ -189,11 +211,28 @@ def run_load(address, connections: int, size: int = 1024, duration: float = 5.0,
                 progress("load", min(1.0, (last_report - start) / duration) if requests_per_connection is None
                          else 1 - len(active) / len(conns))
         result.seconds = time.perf_counter() - start
+        for conn in idlers:   # a last look at the idle ones: EOF, reset or data means disturbed
+            if sel.get_map().get(conn.sock) is not None and _disturbed(conn.sock):
+                result.idle_closed += 1
+        if on_done:
+            on_done()
         return result
     finally:
+        if cpu_at_start is not None:   # the load's own CPU time, not the connecting's
+            result.generator_cpu_seconds = time.process_time() - cpu_at_start
         sel.close()
-        for conn in conns:
+        for conn in conns + idlers:
             conn.sock.close()
+
+
+def _disturbed(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK)   # (non-blocking) b'' is EOF, a byte is data nobody asked for
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def _finish_connects(sel, pending: int, deadline: float, result: LoadResult) -> int:

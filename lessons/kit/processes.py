@@ -30,13 +30,22 @@ class ServerProcess:
     (then SIGKILL if it does not stop) and reaps it: nothing is left running.
     """
 
-    def __init__(self, argv: list[str], start_timeout: float = 15.0, env: dict | None = None):
-        self.proc = subprocess.Popen([sys.executable, *argv, "--port", "0"], cwd=ROOT, text=True, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, argv: list[str], start_timeout: float = 15.0, env: dict | None = None,
+                 cpus: set[int] | None = None, python: bool = True):
+        """``argv`` follows ``python`` (or is a program and its arguments, with ``python=False``);
+        ``cpus`` pins the child, and every thread it starts, to those cores."""
+        command = [sys.executable, *argv] if python else list(argv)
+        self.proc = subprocess.Popen([*command, "--port", "0"], cwd=ROOT, text=True, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self.address = None
         self.returncode: int | None = None
         self.stderr = ""
-        line = _readline(self.proc, start_timeout)
+        try:   # whatever interrupts the start (Ctrl-C, SIGTERM made an exception), the child must not outlive us
+            line = _readline(self.proc, start_timeout)
+        except BaseException:
+            self.stop()
+            raise
         if not line.startswith("listening on "):
             self.stop()
             code = self.returncode
@@ -80,6 +89,13 @@ class ServerProcess:
         except OSError:
             pass
         return int(_ps(self.proc.pid, "rss"))
+
+    def open_files(self) -> int | None:
+        """How many descriptors the child has open (its sockets among them); None where unknown."""
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
         """Send ``sig``, wait for the exit (SIGKILL after ``timeout``); return (exit status, stderr)."""

@@ -1,0 +1,203 @@
+"""The fast echo server (lessons/kit/fastecho.py) keeps lesson 02's contract on each of its loops
+(epoll, splice, portable selectors); the measured steps echo; the C yardstick compiles and echoes."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pathlib
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from lessons.kit import adversary, fastecho, running
+from lessons.kit.echo import echo
+from lessons.kit.processes import ServerProcess
+from lessons.kit.transcript import ACCEPT, CLOSE, EOF, ERROR, SERVER
+from tests.conftest import ROOT, run_module
+
+LOOPS = {"portable": fastecho.serve_portable}
+if hasattr(select, "epoll"):
+    LOOPS = {"epoll": fastecho.serve_epoll, **LOOPS}
+if hasattr(select, "epoll") and hasattr(os, "splice"):
+    LOOPS["splice"] = fastecho.serve_splice
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=list(LOOPS), ids=list(LOOPS))
+def server(request):
+    with running(LOOPS[request.param]) as srv:
+        yield srv
+
+
+def test_round_trip_empty_and_binary(server):
+    assert echo(server.address, b"hello") == b"hello"
+    assert echo(server.address, b"") == b""
+    assert echo(server.address, bytes(range(256)) * 3) == bytes(range(256)) * 3
+
+
+def test_ten_mebibytes(server):
+    assert adversary.flood(server.address, 10 * MIB, timeout=20) == adversary.flood_pattern(10 * MIB)
+
+
+def test_one_byte_at_a_time(server):
+    assert adversary.dribble(server.address, b"drip, drip", delay=0.003) == b"drip, drip"
+
+
+def test_resets_do_not_stop_the_server(server):
+    adversary.reset(server.address)
+    adversary.reset(server.address, b"half a message")
+    assert echo(server.address, b"still serving") == b"still serving"
+    assert server.errors == []
+
+
+def test_a_hundred_clients_in_a_row(server):
+    for i in range(100):
+        assert echo(server.address, b"n%d" % i) == b"n%d" % i
+
+
+def test_two_hundred_concurrent_clients_each_echo_a_mebibyte(server):
+    expected = adversary.flood_pattern(MIB)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        replies = list(pool.map(lambda _: adversary.flood(server.address, MIB, timeout=30), range(200)))
+    assert all(reply == expected for reply in replies)
+    assert server.errors == []
+
+
+def test_a_silent_client_does_not_hold_up_the_others(server):
+    with adversary.silent(server.address), adversary.silent(server.address):
+        assert echo(server.address, b"not blocked", timeout=2) == b"not blocked"
+
+
+def test_a_client_that_never_reads_is_stopped_and_holds_up_nobody(server):
+    with socket.create_connection(server.address, timeout=5) as hog:
+        hog.setblocking(False)
+        sent = 0
+        try:
+            while sent < 64 * MIB:    # its echo backs up; the server must stop reading it
+                sent += hog.send(b"h" * MIB)
+        except BlockingIOError:
+            pass
+        assert sent < 64 * MIB, "the server kept reading a client that never reads"
+        assert echo(server.address, b"still answered", timeout=2) == b"still answered"
+
+
+def test_the_transcript_shows_who_came_and_went_not_each_message(server):
+    assert echo(server.address, b"once") == b"once"
+    assert server.log.wait_for(lambda evs: any(e.kind == CLOSE for e in evs), timeout=2)
+    kinds = [e.kind for e in server.log.events(SERVER)]
+    assert kinds[1:] == [ACCEPT, EOF, CLOSE]    # after "listen": no recv or send events
+
+
+def test_a_reset_is_recorded_as_an_error_of_that_client(server):
+    adversary.reset(server.address, b"then gone")
+    assert server.log.wait_for(lambda evs: any(e.kind == CLOSE for e in evs), timeout=2)
+    assert [(e.kind, e.who) for e in server.log.events(SERVER) if e.kind in (ERROR, CLOSE)] \
+        in ([(ERROR, "client 1"), (CLOSE, "client 1")], [(CLOSE, "client 1")])
+
+
+def test_without_epoll_serve_falls_back_to_selectors(monkeypatch):
+    monkeypatch.delattr(select, "epoll", raising=False)   # as on macOS or Windows
+    with running(fastecho.serve) as server:
+        assert echo(server.address, b"no epoll here") == b"no epoll here"
+        assert adversary.flood(server.address, MIB) == adversary.flood_pattern(MIB)
+
+
+def test_command_line_serves_and_stops_cleanly_on_sigterm():
+    server = ServerProcess(["-m", "lessons.kit.fastecho", "--quiet"])
+    try:
+        assert echo(server.address, b"from the command line") == b"from the command line"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(10)
+        server.stop()
+    assert code == 0
+
+
+def test_command_line_rejects_a_bad_port():
+    done = run_module("lessons.kit.fastecho", "--port", "70000")
+    assert done.returncode == 2
+    assert "port must be between 0 and 65535" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- The C yardstick. ---
+
+COMPILER = shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.mark.skipif(not COMPILER or not sys.platform.startswith("linux"), reason="needs a C compiler and epoll")
+def test_the_c_echo_server_compiles_echoes_and_stops_on_sigterm(tmp_path: pathlib.Path):
+    binary = tmp_path / "echo_c"
+    built = subprocess.run([COMPILER, "-O2", "-Wall", "-Werror", "-o", str(binary),
+                            str(ROOT / "benchmarks" / "echo_c.c")], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    proc = subprocess.Popen([str(binary), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:")
+        address = ("127.0.0.1", int(line.rsplit(":", 1)[1]))
+        assert echo(address, b"hello from C") == b"hello from C"
+        assert echo(address, b"") == b""
+        adversary.reset(address, b"half a message")
+        assert adversary.dribble(address, b"drip", delay=0.003) == b"drip"
+        assert adversary.flood(address, 4 * MIB, timeout=20) == adversary.flood_pattern(4 * MIB)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+# --- The measured steps (benchmarks/fast_echo_steps.py) echo correctly too. ---
+
+def _steps():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fast_echo_steps
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return fast_echo_steps.STEPS
+
+
+STEPS = _steps() if hasattr(select, "epoll") else {}
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_every_measured_step_echoes(name):
+    with running(STEPS[name]) as server:
+        assert echo(server.address, b"step") == b"step"
+        assert adversary.flood(server.address, MIB) == adversary.flood_pattern(MIB)
+        adversary.reset(server.address, b"gone")
+        assert echo(server.address, b"still here") == b"still here"
+        assert server.errors == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a descriptor limit in a child process")
+def test_out_of_descriptors_it_pauses_accepting_and_resumes_when_a_client_leaves():
+    # A server process allowed 40 descriptors, and 60 clients: those it cannot
+    # accept wait in the backlog until earlier ones leave; none is lost.
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
+            "from lessons.kit.fastecho import main; sys.exit(main(sys.argv[1:]))")
+    server = ServerProcess(["-c", code, "--quiet"])
+    clients = []
+    try:
+        for i in range(60):
+            sock = socket.create_connection(server.address, timeout=5)
+            sock.sendall(b"client %d" % i)
+            clients.append(sock)
+        for i, sock in enumerate(clients):
+            assert sock.recv(100) == b"client %d" % i
+            sock.close()
+        assert echo(server.address, b"after the crowd") == b"after the crowd"
+        assert server.alive()
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
