@@ -45,7 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lessons.kit import adversary
-from lessons.kit.aio import Serving, serve_in_foreground, serve_in_thread, within
+from lessons.kit.aio import (AsyncChatClient, Serving, serve_in_foreground, serve_in_thread,
+                             within)
 from lessons.kit.chat import (BYE, CROWDED, GREETING, IDLE_BYE, IDLE_TIMEOUT, LEFT, LEFT_IDLE,
                               LEFT_SLOW, MAX_LINE, NAMING_TIMEOUT, NAMING_TOO_SLOW, ROOM_FULL,
                               TAKEN, TOO_LONG, UNKNOWN, clean, encode, name_key, name_problem,
@@ -53,7 +54,7 @@ from lessons.kit.chat import (BYE, CROWDED, GREETING, IDLE_BYE, IDLE_TIMEOUT, LE
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, whole_number)
 from lessons.kit.lineclient import ChatClient, converse, show
-from lessons.kit.server import fd_limit
+from lessons.kit.server import fd_limit, raise_fd_limit
 from lessons.kit.stream import LineTooLong
 from lessons.kit.transcript import EOF, NOTE, RECV, SEND, SERVER, Transcript
 
@@ -306,6 +307,24 @@ async def dispatch(reader, member: Member, room: Room, timeout: Optional[float])
             member.outbox.put(UNKNOWN)
 
 
+# --- A blocking call inside a coroutine stops every client ---
+
+LOOKUP = 0.5   # seconds a slow lookup takes
+
+
+async def answer(reader, writer, who: str, blocking: bool) -> None:
+    """Answer each line; a line starting with "slow" needs a lookup of LOOKUP seconds (as
+    a database driver, requests.get() or socket.gethostbyname() would: a blocking call)."""
+    while line := await reader.readline():
+        if line.startswith(b"slow"):
+            if blocking:
+                time.sleep(LOOKUP)                          # BUG: the whole loop stops here
+            else:
+                await asyncio.to_thread(time.sleep, LOOKUP)  # a worker thread waits instead
+        writer.write(b"answer to " + line)
+        await writer.drain()
+
+
 # --- Starting and stopping: on a running loop (a notebook), in a thread, in the foreground ---
 
 async def start_room(listener: socket.socket, log: Transcript, *,
@@ -365,48 +384,6 @@ async def echo_client(address, message: bytes, timeout: float = 5.0) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
-
-
-class AsyncChatClient:
-    """A member of the room as coroutines: ``alice = await AsyncChatClient.join(address, "alice")``."""
-
-    def __init__(self, reader, writer, timeout: float):
-        self.reader, self.writer, self.timeout = reader, writer, timeout
-
-    @classmethod
-    async def join(cls, address, name: Optional[str] = None, timeout: float = 5.0):
-        """Connect, read the greeting and, given a name, send it and read the answer."""
-        reader, writer = await within(timeout, asyncio.open_connection(*address[:2]))
-        client = cls(reader, writer, timeout)
-        client.greeting = await client.next_line()
-        if name is not None:
-            await client.say(name)
-            client.welcome = await client.next_line()
-        return client
-
-    async def say(self, text: str) -> None:
-        self.writer.write(text.encode("utf-8") + b"\n")
-        await self.writer.drain()
-
-    async def next_line(self, timeout: Optional[float] = None) -> str:
-        """The next line; TimeoutError if none comes in time, EOFError at the end."""
-        line = await within(timeout or self.timeout, self.reader.readline())
-        if not line:
-            raise EOFError("the server closed the connection")
-        return line.decode("utf-8", errors="replace").rstrip("\r\n")
-
-    async def expect(self, line: str, timeout: Optional[float] = None) -> list[str]:
-        """Wait for ``line``; return it with the lines that came before it."""
-        async def until() -> list[str]:
-            seen = [await self.next_line()]
-            while seen[-1] != line:
-                seen.append(await self.next_line())
-            return seen
-        return await within(timeout or self.timeout, until())
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
 
 
 # --- The demo and the command line ---
@@ -510,6 +487,7 @@ def main(argv=None) -> int:
                                                            "the reply")
     args = parser.parse_args(argv)
     if args.command == "serve":
+        raise_fd_limit()   # a socket is a file: the default 1,024 (macOS: 256) is few for a room
         start = start_echo if args.echo else functools.partial(
             start_room, idle_timeout=args.idle_timeout, naming_timeout=args.naming_timeout,
             max_members=args.max_members)

@@ -171,6 +171,50 @@ def note_shortages(loop: asyncio.AbstractEventLoop, serving: Serving) -> None:
     loop.set_exception_handler(handle)
 
 
+# --- A client of the chat protocol, as coroutines ---
+
+class AsyncChatClient:
+    """A chat room member as coroutines (lesson 03's protocol): ``alice = await AsyncChatClient.join(address, "alice")``."""
+
+    def __init__(self, reader, writer, timeout: float):
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+
+    @classmethod
+    async def join(cls, address, name: Optional[str] = None, timeout: float = 5.0):
+        """Connect, read the greeting and, given a name, send it and read the answer."""
+        reader, writer = await within(timeout, asyncio.open_connection(*address[:2]))
+        client = cls(reader, writer, timeout)
+        client.greeting = await client.next_line()
+        if name is not None:
+            await client.say(name)
+            client.welcome = await client.next_line()
+        return client
+
+    async def say(self, text: str) -> None:
+        self.writer.write(text.encode("utf-8") + b"\n")
+        await self.writer.drain()
+
+    async def next_line(self, timeout: Optional[float] = None) -> str:
+        """The next line; TimeoutError if none comes in time, EOFError at the end."""
+        line = await within(timeout or self.timeout, self.reader.readline())
+        if not line:
+            raise EOFError("the server closed the connection")
+        return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+    async def expect(self, line: str, timeout: Optional[float] = None) -> list[str]:
+        """Wait for ``line``; return it with the lines that came before it."""
+        async def until() -> list[str]:
+            seen = [await self.next_line()]
+            while seen[-1] != line:
+                seen.append(await self.next_line())
+            return seen
+        return await within(timeout or self.timeout, until())
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 # --- Running a server: in a thread for kit.running(), or in the foreground ---
 
 Start = Callable[[socket.socket, Transcript], Awaitable[Serving]]
