@@ -81,11 +81,11 @@ async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 class EchoProtocol(asyncio.Protocol):
     """The same echo as callbacks: the loop calls these methods, nobody awaits anything."""
 
-    def __init__(self, serving: Serving):
-        self.serving, self.log = serving, serving.log
+    def __init__(self, who: str, log: Transcript):
+        self.who, self.log = who, log
 
     def connection_made(self, transport) -> None:
-        self.transport, self.who = transport, self.serving.opened(transport)
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.log.record(SERVER, RECV, self.who, len(data))
@@ -346,7 +346,7 @@ async def start_echo(listener: socket.socket, log: Transcript) -> Serving:
 
 async def start_echo_protocol(listener: socket.socket, log: Transcript) -> Serving:
     """Start the Protocol echo server on the running loop."""
-    return await Serving.protocols(EchoProtocol, listener, log)
+    return await Serving.protocols(functools.partial(EchoProtocol, log=log), listener, log)
 
 
 def serve(listener, stop, log, **options) -> None:

@@ -22,14 +22,18 @@ class CutOff(Exception):
         return f"no result within {CUT_OFF:g} s (waiting for ever?)"
 
 
-async def _learner(fn, *args, **kwargs):
-    """Call the learner's function (a coroutine function, or not); cut it off after CUT_OFF s."""
+async def _learner(fn, *args, on_cutoff=None, **kwargs):
+    """Call the learner's function (a coroutine function, or not); cut it off after CUT_OFF s
+    (after ``await on_cutoff()``: the scenario's own cleaning up, such as closing its server's
+    connections, so that what the learner's code left open is closed too)."""
     result = fn(*args, **kwargs)
     if not inspect.isawaitable(result):
         return result
     task = asyncio.ensure_future(result)   # a task of its own: its TimeoutError is not ours
     done, _ = await asyncio.wait({task}, timeout=CUT_OFF)
     if not done:
+        if on_cutoff is not None:
+            await on_cutoff()
         task.cancel()
         await asyncio.wait({task}, timeout=0.5)
         raise CutOff()
@@ -85,11 +89,12 @@ class Server:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))         # bound, and not listening yet: connecting is refused
         address = sock.getsockname()
-        serving = []
+        self.serving, self.opened, self.closed = None, 0, 0   # a fresh count for each run
 
         async def start():
             await asyncio.sleep(self.listen_after)
-            serving.append(await Serving.streams(self.handle, sock, Transcript()))
+            sock.listen()
+            self.serving = await Serving.streams(self.handle, sock, Transcript())
 
         starting = asyncio.ensure_future(start())
         if not self.listen_after:
@@ -100,9 +105,15 @@ class Server:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-            for s in serving:
-                await s.close()
+            await self.hang_up()
             sock.close()
+
+    async def hang_up(self) -> None:
+        """Close every connection (a reset), and give the clients a moment to notice it."""
+        if self.serving is not None:
+            await self.serving.close()
+            self.serving = None
+        await asyncio.sleep(0.05)
 
 
 def _ask(call: str, server: Server, expected, timeout: float = 0.3, tries: int = 3,
@@ -117,7 +128,7 @@ def _ask(call: str, server: Server, expected, timeout: float = 0.3, tries: int =
                 started = time.monotonic()
                 try:
                     got = describe(await _learner(fn, address, "hello", timeout=timeout,
-                                                  tries=tries))
+                                                  tries=tries, on_cutoff=server.hang_up))
                 except Exception as exc:   # an error of the class expected shows as just that
                     error = TimeoutError if isinstance(exc, asyncio.TimeoutError) else type(exc)
                     good = isinstance(expected, type) and issubclass(error, expected)

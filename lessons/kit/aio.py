@@ -25,7 +25,8 @@ from typing import Awaitable, Callable, Optional
 
 from rich.text import Text
 
-from .server import POLL_INTERVAL, OutOfDescriptors, Stopper, listen
+from .server import (ACCEPT_BACKOFF, CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors,
+                     Stopper, listen)
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Event, Transcript
 
 CLOSE_TIMEOUT = 2.0    # seconds a closing connection may take to send what is queued
@@ -46,87 +47,112 @@ else:   # Python 3.10 has no asyncio.timeout(); wait_for() runs the awaitable as
 
 
 class Serving:
-    """An asyncio server and what it started: a task per connection, and the connections.
+    """A server on the running loop: an accept loop, a task per connection, and close().
+
+    It does what ``asyncio.start_server()`` and ``loop.create_server()`` do, with an accept
+    loop of its own, for one reason: out of file descriptors, asyncio's waits a second
+    and reports every failed accept() to the loop's exception handler (and up to 3.13 it
+    goes on calling accept() and scheduling retries, ``backlog`` times: CPython gh-151615).
+    This one says so once in the transcript, tries again every ACCEPT_BACKOFF seconds
+    meanwhile, serving the clients it has, and says when it is over.
 
     ``close()`` stops accepting, cancels every connection's task (each one's ``finally``
-    runs), closes every connection that is still open, and waits for all of it.
+    runs), closes every connection still open, closes the listener, and waits for all of it.
     """
 
-    def __init__(self, log: Transcript):
-        self.log = log
-        self.server: Optional[asyncio.base_events.Server] = None
+    def __init__(self, listener: socket.socket, log: Transcript):
+        self.listener, self.log = listener, log
+        self.address = listener.getsockname()[:2]
         self.tasks: set[asyncio.Task] = set()
         self.transports: weakref.WeakSet = weakref.WeakSet()   # until each one is gone
         self.accepted = 0
-        self.cancelled = 0      # tasks still running when close() was called
+        self.cancelled = 0      # connection tasks still running when close() was called
         self.stopping = False
         self.shortage = OutOfDescriptors(log)
+        self.accepting: Optional[asyncio.Task] = None
 
     # --- starting ---
 
     @classmethod
     async def streams(cls, handler: Handler, listener: socket.socket, log: Transcript,
                       limit: int = 2 ** 16) -> "Serving":
-        """Serve ``handler`` with streams on ``listener`` (the StreamReader's ``limit``: its buffer)."""
-        serving = cls(log)
-        serving.server = await asyncio.start_server(serving._connection(handler), sock=listener,
-                                                    limit=limit, backlog=socket.SOMAXCONN)
-        return serving
+        """Serve ``handler(reader, writer, who)`` on ``listener``, each connection as streams
+        (``limit``: the StreamReader's, the longest line readline() takes)."""
+        serving = cls(listener, log)
 
-    @classmethod
-    async def protocols(cls, factory: Callable[["Serving"], asyncio.Protocol], listener: socket.socket,
-                        log: Transcript) -> "Serving":
-        """Serve a Protocol on ``listener``; ``factory(serving)`` makes one per connection, and
-        should call ``serving.opened(transport)`` from its connection_made()."""
-        serving = cls(log)
-        loop = asyncio.get_running_loop()
-        serving.server = await loop.create_server(lambda: factory(serving), sock=listener,
-                                                  backlog=socket.SOMAXCONN)
-        return serving
-
-    @property
-    def address(self) -> tuple:
-        """The (host, port) clients connect to."""
-        return self.server.sockets[0].getsockname()[:2]
-
-    def opened(self, transport: asyncio.BaseTransport) -> str:
-        """Count and remember a new connection; returns its label ("client 3")."""
-        self.accepted += 1
-        self.shortage.accepted()   # a client got a descriptor: a shortage, if any, is over
-        self.transports.add(transport)
-        who = f"client {self.accepted}"
-        self.log.record(SERVER, ACCEPT, who)
-        return who
-
-    def _connection(self, handler: Handler):
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            who = self.opened(writer.transport)
-            task = asyncio.current_task()
-            task.set_name(who)   # what asyncio's debug messages and task lists show
-            self.tasks.add(task)
+        async def connected(conn: socket.socket, who: str) -> None:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+            serving.transports.add(writer.transport)
             try:
                 await handler(reader, writer, who)
-            except asyncio.CancelledError:        # close() is stopping the server. End here:
-                pass                              # 3.11 and 3.12 report a cancelled one as an error
             except OSError as exc:                # a reset, a broken pipe: that client only
-                self.log.record(SERVER, ERROR, who, detail=type(exc).__name__)
+                log.record(SERVER, ERROR, who, detail=type(exc).__name__)
             except Exception as exc:              # a bug: recorded, and the others go on
-                self.log.record(SERVER, ERROR, who, detail=f"handler failed: {type(exc).__name__}")
+                log.record(SERVER, ERROR, who, detail=f"handler failed: {type(exc).__name__}")
             finally:
-                self.tasks.discard(task)
-                if self.stopping:
+                if serving.stopping:
                     writer.close()                # close() aborts it if it has not closed by then
                 else:
                     await close_writer(writer)
-                self.log.record(SERVER, CLOSE, who)
-        return run
+                log.record(SERVER, CLOSE, who)
+
+        return serving._start(connected)
+
+    @classmethod
+    async def protocols(cls, factory: Callable[[str], asyncio.Protocol], listener: socket.socket,
+                        log: Transcript) -> "Serving":
+        """Serve a Protocol on ``listener``: ``factory(who)`` makes one for each connection."""
+        serving = cls(listener, log)
+
+        async def connected(conn: socket.socket, who: str) -> None:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.connect_accepted_socket(lambda: factory(who), conn)
+            serving.transports.add(transport)   # from here on, the loop calls the protocol
+
+        return serving._start(connected)
+
+    def _start(self, connected) -> "Serving":
+        self.listener.setblocking(False)
+        self.accepting = asyncio.ensure_future(self._accept(connected))
+        return self
+
+    async def _accept(self, connected) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:
+                if self.shortage.failed(exc):     # out of descriptors: said once; wait, retry
+                    await asyncio.sleep(ACCEPT_BACKOFF)
+                    continue
+                if exc.errno in CLIENT_GAVE_UP:
+                    continue
+                raise
+            self.shortage.accepted()
+            self.accepted += 1
+            who = f"client {self.accepted}"
+            self.log.record(SERVER, ACCEPT, who)
+            # A task of its own, named for its client: asyncio's debug messages show the name.
+            task = loop.create_task(self._run(connected, conn, who), name=who)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, connected, conn: socket.socket, who: str) -> None:
+        try:
+            await connected(conn, who)
+        except OSError as exc:                    # gone before we could even wrap it
+            conn.close()
+            self.log.record(SERVER, ERROR, who, detail=type(exc).__name__)
 
     # --- stopping ---
 
     async def close(self) -> None:
         """Stop accepting, cancel every task, close every connection; wait for all of it."""
         self.stopping = True
-        self.server.close()                       # the listening socket closes here
+        if self.accepting is not None:
+            self.accepting.cancel()
+            await asyncio.wait({self.accepting})
+        self.listener.close()
         self.cancelled = len(self.tasks)
         for task in list(self.tasks):
             task.cancel()                         # CancelledError at the await it is waiting on
@@ -135,10 +161,12 @@ class Serving:
         for transport in list(self.transports):   # a Protocol's, or one with data still queued
             transport.abort()
         await asyncio.sleep(0)                    # let the loop run their connection_lost()
-        try:
-            await within(CLOSE_TIMEOUT, self.server.wait_closed())
-        except TimeoutError:
-            pass
+
+    def failure(self) -> Optional[BaseException]:
+        """What ended the accept loop, if it ended on its own (a bug, or a broken listener)."""
+        task = self.accepting
+        return task.exception() if task is not None and task.done() and not task.cancelled() \
+            else None
 
     async def __aenter__(self) -> "Serving":
         return self
@@ -158,17 +186,6 @@ async def close_writer(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIME
     except asyncio.CancelledError:
         writer.transport.abort()
         raise
-
-
-def note_shortages(loop: asyncio.AbstractEventLoop, serving: Serving) -> None:
-    """When accept() runs out of descriptors, asyncio waits a second and tries again (the
-    server lives on), and reports each failed try to the loop's exception handler. Say it
-    once in the transcript instead, and once more when it is over (Serving.opened)."""
-    def handle(loop, context) -> None:
-        exc = context.get("exception")
-        if not (isinstance(exc, OSError) and serving.shortage.failed(exc)):
-            loop.default_exception_handler(context)
-    loop.set_exception_handler(handle)
 
 
 # --- A client of the chat protocol, as coroutines ---
@@ -224,11 +241,11 @@ def serve_in_thread(start: Start, listener: socket.socket, stop: Stopper, log: T
     """The kit's ``serve(listener, stop, log)`` for an asyncio server: an event loop of its own,
     in this thread, until ``stop`` is set (the loop looks every POLL_INTERVAL)."""
     async def main() -> None:
-        serving = await start(listener, log)
-        note_shortages(asyncio.get_running_loop(), serving)
-        async with serving:
-            while not stop.is_set():
+        async with await start(listener, log) as serving:
+            while not stop.is_set() and serving.failure() is None:
                 await asyncio.sleep(POLL_INTERVAL)
+        if serving.failure() is not None:
+            raise serving.failure()   # kit.running() raises it again in the caller's thread
 
     asyncio.run(main())
 
@@ -248,11 +265,11 @@ async def until_signalled(start: Start, listener: socket.socket, log: Transcript
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             signal.signal(sig, lambda signum, frame: loop.call_soon_threadsafe(stop.set))
-    serving = await start(listener, log)
-    note_shortages(loop, serving)
-    announce(serving)
-    async with serving:
-        await stop.wait()
+    async with await start(listener, log) as serving:
+        announce(serving)
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopped, serving.accepting}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
     return serving
 
 
@@ -276,6 +293,10 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
         serving = asyncio.run(until_signalled(start, listener, log, announce))
     finally:
         listener.close()
+    if serving.failure() is not None:
+        failure = serving.failure()
+        stderr.print(Text(f"server failed: {type(failure).__name__}: {failure}", style="red"))
+        return 1
     stderr.print(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
                       style="dim"))
     return 0
