@@ -9,7 +9,8 @@ from lessons.kit import adversary
 from lessons.kit.processes import ServerProcess
 from tests.conftest import run_module
 
-LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select", "06_udp", "07_scaling"]
+LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select", "06_udp", "07_scaling",
+           "08_asyncio"]
 DEMOS = [name for name in LESSONS if name != "07_scaling"]   # 07's default is the full lab: see its tests
 
 
