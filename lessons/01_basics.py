@@ -22,9 +22,15 @@ import contextlib
 import errno
 import socket
 
-from lessons.kit.cli import main_guard, run_lesson
+from rich.console import Console
+
+from lessons.kit import running
+from lessons.kit.adversary import closed_port, silent_server
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, serve_command,
+                             serve_forever)
 from lessons.kit.server import accept_until, listen
-from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, RECV, SEND, SERVER, Transcript)
+from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, RECV, SEND,
+                                    SERVER, Transcript)
 
 TITLE = "Socket anatomy"
 GREETING = b"hello from the lesson 01 server\n"
@@ -68,19 +74,18 @@ def accept_shares_the_port() -> dict:
         with conn:
             return {
                 "same local port as the listener": conn.getsockname() == server.getsockname(),
-                "a different socket object": conn is not server and conn.fileno() != server.fileno(),
+                "a different socket object": conn.fileno() != server.fileno(),
                 "its peer is the client's address": conn.getpeername() == client.getsockname(),
             }
 
 
 def error_name(exc: OSError) -> str:
+    """An OSError's errno name (EADDRINUSE), the same on every OS; or its type's name."""
     return errno.errorcode.get(exc.errno, type(exc).__name__)
 
 
 def three_errors() -> dict:
     """Provoke EADDRINUSE, ECONNREFUSED and a timeout; return what each looked like."""
-    from lessons.kit.adversary import closed_port, silent_server
-
     seen = {}
     with listen() as taken, socket.socket() as second:
         try:
@@ -111,7 +116,7 @@ def restart_on_same_port(reuse_address: bool) -> str:
         with socket.create_connection(address, timeout=2) as client:
             first.settimeout(2.0)
             conn, _ = first.accept()
-            conn.close()          # the server closes first, so the server's side waits in TIME_WAIT
+            conn.close()          # the server closes first, so its side waits in TIME_WAIT
             client.recv(1)        # wait for the FIN to arrive
     with socket.socket() as second:
         if reuse_address:
@@ -123,11 +128,54 @@ def restart_on_same_port(reuse_address: bool) -> str:
         return "bind succeeded"
 
 
+def second_server_on_the_port(option: str) -> str:
+    """Start a listener, then a second one on the same port while the first still
+    listens, both with socket option ``option`` set; say what happened."""
+    if not hasattr(socket, option):
+        return f"this platform has no {option}"
+
+    def listener(port: int) -> socket.socket:
+        sock = socket.socket()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option), 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    with listener(0) as first:
+        try:
+            second = listener(first.getsockname()[1])
+        except OSError as exc:
+            return f"bind failed: {error_name(exc)}"
+        with second, contextlib.ExitStack() as clients:
+            for _ in range(20):
+                clients.enter_context(socket.create_connection(first.getsockname(), timeout=2))
+            served = [len(queued_clients(server)) for server in (first, second)]
+    if min(served) > 0:   # the kernel spread the 20 clients over both servers
+        return "bind succeeded: new clients go to both servers"
+    return "bind succeeded"
+
+
+def queued_clients(listener: socket.socket) -> list:
+    """Accept (and close) every connection waiting in the listener's queue."""
+    listener.setblocking(False)
+    accepted = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            conn, _ = listener.accept()
+            conn.close()
+            accepted.append(conn)
+    return accepted
+
+
 # --- The greeting server and client for the command line. ---
 
 def serve(listener, stop, log: Transcript) -> None:
     """Greet each client with one line, then hang up."""
-    for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
+    for number, (conn, _) in enumerate(accept_until(listener, stop, log), 1):
         who = f"client {number}"
         log.record(SERVER, ACCEPT, who)
         with conn:
@@ -150,34 +198,53 @@ def greet(address, timeout: float = 2.0) -> str:
 
 
 def demo() -> int:
-    from rich.console import Console
-    from lessons.kit import running
-
+    """Every call of one conversation in order, then the errors and the socket options."""
     console = Console(highlight=False)
     console.rule("[bold]Lesson 01: socket anatomy")
     log = Transcript()
     reply = anatomy(log)
     console.print(log.render("one conversation, one thread", causal=False))
     console.print(f"the client received {reply!r}")
-    for what, ok in accept_shares_the_port().items():
+    shares = accept_shares_the_port()
+    for what, ok in shares.items():
         console.print(f"accepted socket: {what}: {ok}")
-    for what, looked_like in three_errors().items():
+    errors = three_errors()
+    for what, looked_like in errors.items():
         console.print(f"{what}: {looked_like}")
-    console.print(f"restart without SO_REUSEADDR: {restart_on_same_port(False)}")
-    console.print(f"restart with SO_REUSEADDR:    {restart_on_same_port(True)}")
+    restarts = {option: restart_on_same_port(option) for option in (False, True)}
+    console.print(f"restart without SO_REUSEADDR: {restarts[False]}")
+    console.print(f"restart with SO_REUSEADDR:    {restarts[True]}")
+    sharing = {option: second_server_on_the_port(option)
+               for option in ("SO_REUSEADDR", "SO_REUSEPORT")}
+    for option, what in sharing.items():
+        console.print(f"a second live server, {option}: {what}")
     with running(serve) as server:
-        console.print(f"greet(): {greet(server.address)!r}")
-    return 0 if reply == GREETING else 1
+        greeting = greet(server.address)
+    console.print(f"greet(): {greeting!r}")
+    ok = (reply == GREETING and all(shares.values()) and len(errors) == 3
+          and restarts == {False: "bind failed: EADDRINUSE", True: "bind succeeded"}
+          and sharing["SO_REUSEADDR"].startswith("bind failed")
+          and greeting == GREETING.decode().strip())
+    return 0 if ok else 1
 
 
 def client(args) -> int:
+    """``client``: print the server's greeting."""
     print(greet((args.host, args.port), timeout=args.timeout))
     return 0
 
 
 def main(argv=None) -> int:
-    return run_lesson(argv, doc=__doc__, name="01_basics", demo=demo, serve=serve,
-                      add_client_args=lambda parser: None, client=client, port=9901)
+    """``python -m lessons.01_basics [demo | serve | client]``."""
+    parser, commands = lesson_parser(__doc__, "01_basics")
+    serve_command(commands, port=9901)
+    client_command(commands, port=9901, help="print the greeting of a running server")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_forever(serve, args, "01_basics")
+    if args.command == "client":
+        return run_client(client, args)
+    return demo()
 
 
 if __name__ == "__main__":

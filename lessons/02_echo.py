@@ -1,54 +1,102 @@
 """TCP is a byte stream, so an echo server loops on recv() and answers with sendall().
 
-    python -m lessons.02_echo                       # demo: polite and hostile clients
-    python -m lessons.02_echo serve [--port 9902]   # an RFC 862 echo server
+    python -m lessons.02_echo                       # demo: the tutorial's pair, then done right
+    python -m lessons.02_echo serve [--port 9902] [--idle-timeout 30]
     python -m lessons.02_echo client 'hello'        # send, half-close, print the reply
 
 Try the server with netcat too: ``nc 127.0.0.1 9902``, type a line, press Ctrl-D.
 
 The contract (RFC 862, TCP echo): every byte a client sends comes back
 unchanged, until the client closes its sending side; then the server closes.
-Clients are served one after another, as in the original tutorial, and a
-client that resets or vanishes never stops the server.
 
     client                         server
       | -- connect --------------->  | accept
-      | -- b'hel' ---------------->  | recv → b'hel'   → sendall(b'hel')
-      | -- b'lo' ----------------->  | recv → b'lo'    → sendall(b'lo')
+      | -- b'hel' ---------------->  | recv -> b'hel'  -> sendall(b'hel')
+      | -- b'lo' ----------------->  | recv -> b'lo'   -> sendall(b'lo')
       | <- b'hel' , b'lo' ---------  |
-      | -- FIN (shutdown WR) ----->  | recv → b''  (EOF: the client is done)
+      | -- FIN (shutdown WR) ----->  | recv -> b''  (EOF: the client is done)
       | <- FIN --------------------  | close
+
+Clients are served one after another, as in the original tutorial: while one
+is served, the next waits in the listen queue. That is this design's price.
+A reset costs only the client that sent it, and a client that sends nothing,
+or leaves our echo unread, for ``idle_timeout`` seconds (30 by default) is
+dropped so that the next one gets its turn; a client that keeps trickling
+bytes still holds everyone up (lesson 03 serves clients at the same time).
 """
 from __future__ import annotations
 
+import functools
 import socket
+import subprocess
 import sys
 import threading
+import time
 
-from lessons.kit.cli import main_guard, run_lesson
+from rich.console import Console
+from rich.table import Table
+
+from lessons.kit import adversary, running
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
+                             serve_command, serve_forever)
 from lessons.kit.server import accept_until
 from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, ERROR, RECV,
                                     SEND, SERVER, SHUTDOWN, Transcript)
 
 TITLE = "TCP echo, done right"
-RECV_SIZE = 65536   # ask for a lot: recv returns what has arrived, up to this
+RECV_SIZE = 65536     # ask for a lot: recv returns what has arrived, up to this
+IDLE_TIMEOUT = 30.0   # seconds a client may send nothing, or leave its echo unread
 
 
-# --- The original tutorial's pair, kept to be broken in the notebook. ---
+# --- The original tutorial's pair, as written, to be broken in the notebook. ---
 
-def naive_echo_server(listener, stop, log):
-    """The tutorial's server. Fixed below in handle() and serve()."""
-    for conn, _ in accept_until(listener, stop):
-        data = conn.recv(1024)   # BUG: one recv() is not one message; it may be a piece
-        conn.send(data)          # BUG: send() may send only part, and says how much
-        conn.close()             # and any exception above kills the whole server
+def naive_echo_server(server_socket, stop, log):
+    """The tutorial's server (服务器端代码示例); each line we changed says (ours).
+
+    Its first lines, socket(), bind(('localhost', 9999)), listen(5) and the
+    print, are the kit's here: running() binds port 0, listens, records "listen".
+    Fixed below in handle() and serve().
+    """
+    server_socket.settimeout(0.05)                # (ours) wake up to look at the stop flag
+    while not stop.is_set():                      # (ours) was: while True:
+        # 接受客户端连接
+        try:                                      # (ours)
+            client_socket, addr = server_socket.accept()
+        except socket.timeout:                    # (ours) nobody came: look at the flag again
+            continue                              # (ours)
+        stop.track(client_socket)                 # (ours) stopping wakes a recv() blocked on it
+        log.record(SERVER, ACCEPT, "a client")  # (ours) was: print(f'Got connection from {addr}')
+
+        # 接收数据
+        data = client_socket.recv(1024)
+        if not data:
+            break
+
+        # 发送回复
+        client_socket.send(data)
+
+        # 关闭连接
+        client_socket.close()
 
 
-def naive_echo_client(address, message: bytes, timeout: float = 5.0) -> bytes:
-    """The tutorial's client. Fixed below in echo()."""
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.send(message)       # BUG: may send only part of the message
-        return sock.recv(1024)   # BUG: gets whatever has arrived, at most 1024 bytes
+def naive_echo_client(address, message: str = 'Hello, Server!', timeout: float = 5.0) -> str:
+    """The tutorial's client (客户端代码示例); each line we changed says (ours). Fixed below in echo()."""
+    # 创建TCP套接字
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client_socket:  # (ours) with: closed
+        client_socket.settimeout(timeout)         # (ours) never wait for ever
+        # 连接到服务器
+        client_socket.connect(address)            # (ours) was: ('localhost', 9999)
+
+        # 发送消息
+        client_socket.sendall(message.encode())
+
+        # 接收回复
+        response = client_socket.recv(1024)
+        received = response.decode()  # (ours) was: print(f'Received: {response.decode()}')
+
+        # 关闭连接
+        client_socket.close()
+    return received                               # (ours)
 
 
 # --- The server, done right. ---
@@ -65,14 +113,20 @@ def handle(conn: socket.socket, log: Transcript, who: str) -> None:
         conn.sendall(data)           # loops inside until every byte is handed to the kernel
 
 
-def serve(listener: socket.socket, stop, log: Transcript) -> None:
-    """Serve clients one after another until stopped."""
-    for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
+def serve(listener: socket.socket, stop, log: Transcript,
+          idle_timeout: float | None = IDLE_TIMEOUT) -> None:
+    """Serve clients one after another until stopped; drop one idle for idle_timeout seconds."""
+    # accept_until gives each connection the timeout: a recv() that waits longer, or a
+    # sendall() that takes longer, raises socket.timeout. None: wait for ever (the tutorial's).
+    for number, (conn, _) in enumerate(accept_until(listener, stop, log, idle_timeout), 1):
         who = f"client {number}"
         log.record(SERVER, ACCEPT, who)
         with conn:
             try:
                 handle(conn, log, who)
+            except socket.timeout:   # silent, or not reading its echo: the next client's turn
+                log.record(SERVER, ERROR, who,
+                           detail=f"timed out: idle {idle_timeout:g} s, dropped")
             except OSError as exc:   # reset, broken pipe, stopped: that client's problem only
                 if not stop.is_set():
                     log.record(SERVER, ERROR, who, detail=type(exc).__name__)
@@ -123,45 +177,169 @@ def echo(address, message: bytes, timeout: float = 5.0,
     return b"".join(chunks)
 
 
+# --- How a connection ends, as the other side sees it. ---
+
+def next_recv(conn: socket.socket, wait: float) -> str:
+    """What conn's next recv() sees: data, b'' (a FIN came), an error (an RST), or nothing."""
+    conn.settimeout(wait)
+    try:
+        data = conn.recv(1024)
+    except socket.timeout:
+        return f"TimeoutError after {wait:g} s: nothing came"
+    except OSError as exc:
+        return f"{type(exc).__name__}: an RST came"
+    return f"{data!r}: a FIN came" if not data else repr(data)
+
+
+def killed_client(listener: socket.socket) -> None:
+    """Connect from a child process, then kill it (SIGKILL on POSIX): no goodbye, no cleanup."""
+    host, port = listener.getsockname()[:2]
+    code = (f"import socket, time; s = socket.create_connection(({host!r}, {port})); "
+            "print('connected', flush=True); time.sleep(30)")
+    argv = [sys.executable, "-c", code]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            child.stdout.readline()   # it has connected
+        finally:
+            child.kill()
+            child.wait(5)
+
+
+def send_until_refused(conn: socket.socket) -> str:
+    """Send to a peer whose socket is gone: the first send() is taken, the peer's kernel
+    answers that segment with an RST, and a later send() fails."""
+    conn.send(b"anyone there?")
+    for _ in range(100):
+        time.sleep(0.01)
+        try:
+            conn.send(b"?")
+        except OSError as exc:
+            return f"send() took it; a later send() raised {type(exc).__name__}: an RST came"
+    return "every send() was taken: no RST came"
+
+
+def how_connections_end(wait: float = 0.5) -> dict:
+    """End a connection in each way a peer can; say what the other end saw next."""
+    seen = {}
+    with adversary.connected_pair() as (client, conn):
+        client.close()
+        seen["the client calls close()"] = next_recv(conn, wait)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        killed_client(listener)
+        listener.settimeout(5)
+        conn, _ = listener.accept()
+        with conn:
+            seen["the client's process is killed"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        conn.sendall(b"unread")
+        client.recv(1, socket.MSG_PEEK)   # wait until it has arrived; then leave it unread
+        client.close()
+        seen["the client closes with data unread"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        adversary.abort(client)           # SO_LINGER on with 0 seconds, then close()
+        seen["the client closes with SO_LINGER 0"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        client.close()
+        conn.recv(1)                      # b'': it closed; now write to it anyway
+        seen["the server writes to a closed client"] = send_until_refused(conn)
+    try:
+        socket.create_connection(adversary.closed_port(), timeout=wait).close()
+        seen["a client connects where nobody listens"] = "connected?"
+    except OSError as exc:
+        seen["a client connects where nobody listens"] = f"{type(exc).__name__}: an RST came"
+    with adversary.connected_pair() as (client, conn):   # alive, but says nothing
+        seen["the client is gone, or silent"] = next_recv(conn, wait)
+    return seen
+
+
+def endings_table(endings: dict) -> Table:
+    """how_connections_end()'s answers as a table."""
+    table = Table(title="How a connection ends, seen from the other end", title_justify="left")
+    table.add_column("what the peer did")
+    table.add_column("what the other end saw next")
+    for what, seen in endings.items():
+        table.add_row(what, seen)
+    return table
+
+
 # --- The demo and the command line. ---
 
 def demo() -> int:
-    from rich.console import Console
-    from lessons.kit import adversary, running
-
+    """The tutorial's pair breaking, how connections end, and the fixed server holding up."""
     console = Console(highlight=False)
     console.rule("[bold]Lesson 02: TCP echo")
     log = Transcript()
     with running(serve, log=log) as server:
         reply = echo(server.address, b"hello, echo", log=log)
         log.wait_for_event(SERVER, CLOSE)
-        console.print(log.render("a polite client"))
-        console.print(f"reply: {reply!r}")
+    console.print(log.render("a polite client"))
+    seen = {"the echo came back": reply == b"hello, echo"}
+
+    with running(naive_echo_server) as naive:
+        with socket.create_connection(naive.address, timeout=2):
+            pass                                  # connect, send nothing, close: a port check
+        naive.thread.join(2)
+        ended = not naive.thread.is_alive()
+        seen["tutorial's server: one client that said nothing ended it"] = ended
+        try:
+            waited = not naive_echo_client(naive.address, "anyone there?", timeout=0.5)
+        except socket.timeout:
+            waited = True
+        seen["tutorial's server: the next client waited in vain"] = waited
+    with running(naive_echo_server) as naive:
+        dribbled = adversary.dribble(naive.address, b"one byte at a time", delay=0.01)
+    seen["tutorial's server: a message in 18 pieces came back cut"] = len(dribbled) < 18
+    with running(serve) as server:
+        cut = naive_echo_client(server.address, "x" * 5000)
+    seen["tutorial's client: of 5,000 bytes, at most 1,024 came back"] = len(cut) <= 1024
+
+    ten_mib = 10 * 1024 * 1024
+    log = Transcript()
+    with running(functools.partial(serve, idle_timeout=0.3), log=log) as server:
         slow = adversary.dribble(server.address, b"one byte at a time", delay=0.01)
-        console.print(f"dribbler got back {slow!r}")
+        seen["fixed server: 18 pieces came back whole"] = slow == b"one byte at a time"
         adversary.reset(server.address)
-        big = adversary.flood(server.address, 10 * 1024 * 1024)
-        ok = big == adversary.flood_pattern(10 * 1024 * 1024)
-        console.print(f"after a reset, a 10 MiB echo came back intact: {ok}")
-    with running(naive_echo_server) as server:
-        truncated = adversary.dribble(server.address, b"one byte at a time", delay=0.01)
-    console.print(f"the tutorial's server gave the dribbler only {len(truncated)} of 18 bytes")
-    return 0 if reply == b"hello, echo" and ok and len(truncated) < 18 else 1
+        big = adversary.flood(server.address, ten_mib) == adversary.flood_pattern(ten_mib)
+        seen["fixed server: after a reset, 10 MiB came back"] = big
+        with adversary.silent(server.address):
+            after = echo(server.address, b"my turn", timeout=3)
+    seen["fixed server: a silent client was dropped after 0.3 s, the next served"] = (
+        after == b"my turn" and any("timed out" in e.detail for e in log.events(SERVER)))
+    for what, ok in seen.items():
+        console.print(f"{what}: {ok}")
+
+    endings = how_connections_end(wait=0.3)
+    console.print()
+    console.print(endings_table(endings))
+    killed = endings["the client's process is killed"]
+    linger = endings["the client closes with SO_LINGER 0"]
+    return 0 if all(seen.values()) and "FIN" in killed and "RST" in linger else 1
 
 
 def client(args) -> int:
+    """``client 'hello'``: print the server's echo of the message."""
     reply = echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
     sys.stdout.write(reply.decode(errors="replace") + "\n")
     return 0
 
 
-def add_client_args(parser) -> None:
-    parser.add_argument("message", help="text to send")
-
-
 def main(argv=None) -> int:
-    return run_lesson(argv, doc=__doc__, name="02_echo", demo=demo, serve=serve,
-                      add_client_args=add_client_args, client=client, port=9902)
+    """``python -m lessons.02_echo [demo | serve | client MESSAGE]``."""
+    parser, commands = lesson_parser(__doc__, "02_echo")
+    serve_cmd = serve_command(commands, port=9902)
+    serve_cmd.add_argument("--idle-timeout", type=seconds(0, 3600, zero_means="never"),
+                           default=IDLE_TIMEOUT, metavar="SECONDS",
+                           help="drop a client that sends nothing, or reads nothing, for "
+                                "this long; 0 never drops one (default %(default)g)")
+    client_cmd = client_command(commands, port=9902, help="send a message and print its echo")
+    client_cmd.add_argument("message", help="text to send")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        idle = functools.partial(serve, idle_timeout=args.idle_timeout or None)
+        return serve_forever(idle, args, "02_echo")
+    if args.command == "client":
+        return run_client(client, args)
+    return demo()
 
 
 if __name__ == "__main__":

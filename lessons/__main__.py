@@ -5,7 +5,8 @@ import ast
 import pathlib
 
 from rich.console import Console
-from rich.table import Table
+from rich.padding import Padding
+from rich.text import Text
 
 HERE = pathlib.Path(__file__).resolve().parent
 NOTEBOOKS = HERE.parent / "notebooks"
@@ -32,18 +33,26 @@ def catalogue() -> list[dict]:
 
 
 def main() -> int:
-    table = Table(title="Network programming with Python sockets: the lessons", title_justify="left")
-    table.add_column("#", no_wrap=True)
-    table.add_column("title")
-    table.add_column("concept", ratio=1)
-    table.add_column("run it", no_wrap=True, style="bold")
-    table.add_column("notebook", no_wrap=True)
+    """Print the lessons as a list: number and title, concept, command and notebook.
+
+    A list, not a table: at 80 columns a table left no room for the concept
+    column, and when wider it wrapped one word a line. Each entry wraps its
+    concept to the terminal's width, indented under its title.
+    """
+    console = Console(highlight=False)
+    console.print(Text("Network programming with Python sockets: the lessons", style="bold"))
     for row in catalogue():
-        table.add_row(row["number"], row["title"], row["concept"], row["command"], row["notebook"])
-    console = Console()
-    console.print(table)
-    console.print("Open the notebooks with [bold]jupyter lab notebooks/[/]; "
-                  "check every lesson with [bold]pytest --nbval[/].")
+        console.print()
+        console.print(Text.assemble((f"{row['number']}  ", "bold cyan"), (row["title"], "bold")))
+        console.print(Padding(Text(row["concept"]), (0, 0, 0, 4), expand=False))
+        where = Text.assemble(("run: ", "dim"), (row["command"], "bold"))
+        if row["notebook"] != "—":
+            where.append("   notebook: ", style="dim")
+            where.append(row["notebook"])
+        console.print(Padding(where, (0, 0, 0, 4), expand=False))
+    console.print()
+    console.print(Text.assemble("Open the notebooks with ", ("jupyter lab notebooks/", "bold"),
+                                "; check every lesson with ", ("pytest --nbval", "bold"), "."))
     return 0
 
 

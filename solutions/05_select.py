@@ -1,68 +1,53 @@
-"""Answer to lesson 05's exercise: lesson 03's chat on a single-threaded selectors server."""
+"""Answers to lesson 05's exercises: the selector's half of an event-loop echo server."""
 from __future__ import annotations
 
-from lessons.kit import chat
+import selectors
 
 
-class SelectorChat:
-    """Lesson 03's chat protocol, for the single-threaded line server.
+def interest(conn, limit: int = 1 << 20) -> int:
+    """The events to wait for on one connection of an echo server.
 
-    The server calls connected(client), line(client, text) for each line, and
-    disconnected(client). client.send(text) queues a line and never blocks;
-    client.close() closes after the queue is sent; client.name is yours to set.
+    conn.output holds the echo that send() has not taken yet; conn.client_done
+    is True once recv() returned b''. Wait to read (selectors.EVENT_READ) while
+    the client may send more and fewer than limit bytes wait in conn.output.
+    Wait to write (selectors.EVENT_WRITE) while output waits. Neither: 0.
     """
-
-    def __init__(self):
-        # One thread runs every call, so plain data structures need no lock.
-        self.members = {}   # casefolded name → client
-
-    def connected(self, client) -> None:
-        """A client arrived: ask for its name."""
-        ### BEGIN SOLUTION
-        client.send(chat.GREETING)
-        ### END SOLUTION
-
-    def line(self, client, text: str) -> None:
-        """One line from a client: its name first, then messages and commands."""
-        ### BEGIN SOLUTION
-        if client.name is None:
-            problem = chat.name_problem(text)
-            if problem is None and text.casefold() in self.members:
-                problem = "! that name is taken; try another"
-            if problem:
-                client.send(problem)
-                return
-            client.name = text
-            self.members[text.casefold()] = client
-            client.send(f"* welcome, {text}! /who lists who is here, /quit leaves")
-            self.broadcast(f"* {text} joined", sender=client)
-        elif text.startswith("/"):
-            command = text.split()[0]
-            if command == "/quit":
-                client.send("* bye")
-                client.close()            # after "* bye" is sent; disconnected() follows
-            elif command == "/who":
-                names = sorted((c.name for c in self.members.values()), key=str.casefold)
-                client.send("* online: " + ", ".join(names))
-            else:
-                client.send("! unknown command")
-        elif text.strip():
-            self.broadcast(f"{client.name}: {text}", sender=client)
-        ### END SOLUTION
-
-    def disconnected(self, client) -> None:
-        """A client left, for whatever reason: tell the others."""
-        ### BEGIN SOLUTION
-        if client.name is not None and self.members.get(client.name.casefold()) is client:
-            del self.members[client.name.casefold()]
-            self.broadcast(f"* {client.name} left")
-        ### END SOLUTION
-
     ### BEGIN SOLUTION
-    def broadcast(self, text: str, sender=None) -> None:
-        # The key step: send() only queues, so a slow client delays nobody; the
-        # line server disconnects a client whose queue grows too long.
-        for member in list(self.members.values()):
-            if member is not sender:
-                member.send(text)
+    events = 0
+    if not conn.client_done and len(conn.output) < limit:
+        events |= selectors.EVENT_READ    # backpressure: stop reading while the echo piles up
+    if conn.output:
+        events |= selectors.EVENT_WRITE   # the key step: only while output waits, or it spins
+    return events
+    ### END SOLUTION
+
+
+def loop_once(sel, echoer, timeout: float = 0.05) -> None:
+    """One pass of a selectors echo server: wait up to timeout, then serve every ready socket.
+
+    The listener is registered for EVENT_READ with data None; register each new
+    connection for EVENT_READ with the Connection as its data. echoer does the
+    work on each socket: echoer.accept(listener) returns a new Connection (or
+    None), echoer.readable(conn) reads, echoer.writable(conn) sends what it can,
+    echoer.finished(conn) says when to close and echoer.close(conn) closes.
+    Keep each connection registered for interest(conn), and take it out of the
+    selector before it is closed.
+    """
+    ### BEGIN SOLUTION
+    for key, mask in sel.select(timeout):
+        if key.data is None:                    # the listener: a client is waiting
+            conn = echoer.accept(key.fileobj)
+            if conn is not None:
+                sel.register(conn.sock, selectors.EVENT_READ, data=conn)
+            continue
+        conn = key.data
+        if mask & selectors.EVENT_READ:
+            echoer.readable(conn)
+        if conn.output:
+            echoer.writable(conn)               # right after a read, all of it usually fits
+        if echoer.finished(conn):
+            sel.unregister(conn.sock)           # the key step: out of the selector, then close
+            echoer.close(conn)
+        elif interest(conn) != key.events:      # ask for what it needs now, and only that
+            sel.modify(conn.sock, interest(conn), data=conn)
     ### END SOLUTION

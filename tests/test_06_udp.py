@@ -130,3 +130,23 @@ def test_a_closed_port_is_reported_as_refused():
 def test_the_naive_client_truncates_long_replies(server):
     big = bytes(range(256)) * 10
     assert udp.naive_udp_client(server.address, big) == big[:1024]
+
+
+def test_known_senders_keep_their_names_past_the_limit():
+    names = udp.SenderNames(limit=3)
+    assert [names.of(("h", p)) for p in (1, 2, 3)] == ["client 1", "client 2", "client 3"]
+    assert names.of(("h", 1)) == "client 1"          # heard again: the freshest now
+    assert names.of(("h", 4)) == "client 4"          # forgets the quietest, ("h", 2)
+    assert names.of(("h", 1)) == "client 1" and names.of(("h", 3)) == "client 3"
+    assert names.of(("h", 2)) == "client 5"          # forgotten, so a new number
+
+
+def test_backoff_never_waits_longer_than_max_wait(monkeypatch):
+    from lessons.kit.server import bind_udp
+    monkeypatch.setattr(udp, "MAX_WAIT", 0.02)
+    with bind_udp() as mute, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(mute.getsockname())
+        with pytest.raises(udp.NoReply, match="no reply after 8 tries") as raised:
+            udp.request(sock, b"anyone?", timeout=0.01, retries=7)
+    waited = float(str(raised.value).split("over ")[1].split(" s")[0])
+    assert waited < 0.5                              # 0.01 + 7 * 0.02; uncapped, 0.01 * (2**8 - 1) = 2.55

@@ -7,11 +7,14 @@ import pytest
 
 from lessons.kit import adversary
 from lessons.kit.processes import ServerProcess
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
-LESSONS = ["01_basics", "02_echo", "03_chat", "04_nonblocking", "05_select", "06_udp", "07_scaling",
-           "08_asyncio"]
-DEMOS = [name for name in LESSONS if name != "07_scaling"]   # 07's default is the full lab: see its tests
+LESSONS = sorted(path.stem for path in (ROOT / "lessons").glob("[0-9][0-9]_*.py"))
+# Demos that their own lesson's tests run already, in process (no need to pay twice).
+DEMO_TESTED_ELSEWHERE = {"07_scaling": "its default is the full lab: see tests/test_07_scaling.py",
+                         "09_dead_peers": "tests/test_09_dead_peers.py runs it",
+                         "12_addresses": "tests/test_12_addresses.py runs it"}
+DEMOS = [name for name in LESSONS if name not in DEMO_TESTED_ELSEWHERE]
 
 
 def test_the_table_of_lessons():
@@ -128,7 +131,9 @@ def test_udp_client_with_nobody_answering_exits_nonzero():
 @pytest.mark.parametrize("args, message", [
     (["serve", "--loss", "1.5"], "must be at least 0 and less than 1"),
     (["serve", "--loss", "lots"], "not a fraction"),
-    (["client", "hi", "--retries", "99"], "invalid choice"),
+    (["client", "hi", "--retries", "99"], "--retries must be between 0 and 20, not 99"),
+    (["client", "hi", "--timeout", "inf"], "at most 5 seconds"),
+    (["serve", "--loss", "nan"], "must be at least 0 and less than 1"),
 ])
 def test_udp_bad_arguments(args, message):
     result = run_module("lessons.06_udp", *args)

@@ -171,3 +171,17 @@ def test_adversaries_against_a_polite_echo():
         with adversary.silent(server.address):
             pass
         assert expect_value("echo", b"ok", lambda: lesson.echo(server.address, b"ok")).ok
+
+
+def test_equal_events_keep_their_own_place_in_arrival_order():
+    # Two UDP round trips whose client lane records nothing to pair them by
+    # (who=""): the fallback must place each event by its own arrival, even
+    # though the two client recvs are equal as values.
+    events = [Event(CLIENT, SEND, "", 17), Event(SERVER, RECV, "client 1", 17), Event(SERVER, SEND, "client 1", 17),
+              Event(CLIENT, RECV, "", 17), Event(CLIENT, SEND, "", 17), Event(SERVER, RECV, "client 2", 17),
+              Event(SERVER, SEND, "client 2", 17), Event(CLIENT, RECV, "", 17)]
+    ordered = causal_order(events)
+    assert [e.who for e in ordered if e.side == SERVER] == ["client 1"] * 2 + ["client 2"] * 2
+    assert ordered.index(events[6]) < max(i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV)
+    second_reply = [i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV][1]
+    assert second_reply > ordered.index(events[6])   # the reply comes after the server sent it

@@ -6,6 +6,9 @@ test could see; each has a cause that can be checked in the stored notebooks:
 - listings lost their underscores: rich's HTML gave every line a background
   span that painted over the line above. Listings now come from kit.show, whose
   HTML has no background on any span; no output may have one.
+- printed lines lost their underscores too: rich's notebook HTML put them in a
+  scrolling box with ``line-height: normal``, which clips what hangs below the
+  last line. Importing the kit gives rich a taller line (kit.show.fit_rich_html).
 - long listing lines were cut off: code shown in a notebook stays within
   kit.show.WIDTH columns.
 - diagrams lost their right border: a character the monospace font lacks
@@ -43,6 +46,7 @@ def test_no_output_paints_a_background_over_its_text(path):
         for output in cell.get("outputs", []):
             page = text(output.get("data", {}).get("text/html", ""))
             assert not BACKGROUND_SPAN.search(page), f"cell {number}: a span with a background"
+            assert "line-height:normal" not in page, f"cell {number}: rich output that clips underscores"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

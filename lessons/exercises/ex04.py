@@ -12,7 +12,7 @@ from lessons.kit.stream import recv_exactly
 BIG = 32 * 1024 * 1024   # more than any socket buffers hold
 
 
-# The tutorial's way: as if the socket were blocking.
+# The common first attempts (the tutorial has no such code): as if the socket were blocking.
 def naive_flush(sock, output: bytearray) -> bool:
     sock.send(output)
     return True

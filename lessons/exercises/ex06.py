@@ -16,7 +16,7 @@ SEQ = struct.Struct("!I")
 
 
 def naive_reliable_request(sock, message: bytes, seq: int, timeout: float = 0.1, retries: int = 20) -> bytes:
-    """The tutorial's way: send once, take the first datagram back."""
+    """The common first attempt: send once, take the first datagram back."""
     sock.send(SEQ.pack(seq) + message)
     return sock.recv(65536)[SEQ.size:]
 

@@ -7,11 +7,14 @@
 - :mod:`.adversary`  dribblers, floods, resets, silent peers
 - :mod:`.check`      exercise checks that print ✓/✗ and never hang
 - :mod:`.show`       syntax-highlighted source for notebooks
-- :mod:`.lineserver` a single-threaded selectors line server (lesson 05's exercise)
+- :mod:`.chat`       the chat room's protocol (lesson 03), tested: limits, texts, clean, names
+- :mod:`.lineclient` a client for line protocols (ChatClient), and a person's terminal session
+- :mod:`.probes`     careless clients against a server, and the sockets it leaves behind
 - :mod:`.loadgen`    a load generator that checks every reply (lesson 07, benchmarks)
 - :mod:`.processes`  servers in child processes: port, CPU time, memory
 - :mod:`.baselines`  asyncio echo servers to measure against
 """
+from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running
 from .transcript import Transcript
 

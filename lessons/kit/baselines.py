@@ -14,6 +14,7 @@ import signal
 
 
 class EchoProtocol(asyncio.Protocol):
+    """Echo with callbacks: write back whatever arrives."""
     def connection_made(self, transport):
         self.transport = transport
 
@@ -36,6 +37,7 @@ async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def serve(kind: str, host: str, port: int) -> None:
+    """Serve echo with asyncio (``kind``: protocol or streams) until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     if kind == "protocol":
         server = await loop.create_server(EchoProtocol, host, port, backlog=4096)
@@ -51,6 +53,7 @@ async def serve(kind: str, host: str, port: int) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m lessons.kit.baselines KIND``."""
     parser = argparse.ArgumentParser(prog="python -m lessons.kit.baselines", description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["protocol", "streams"])
     parser.add_argument("--host", default="127.0.0.1")
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     args = parser.parse_args(argv)
     if args.uvloop:
-        import uvloop
+        import uvloop   # optional, installed for benchmarks only: imported only when asked for
         uvloop.install()
     asyncio.run(serve(args.kind, args.host, args.port))
     return 0

@@ -117,7 +117,7 @@ _SCRIPT_WORDS = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": "KATAK
                  "MODIFIER": None}   # MODIFIER LETTER ...: shared by scripts
 
 
-def script_of(ch: str) -> Optional[str]:
+def script_of(ch: str) -> str | None:
     """A letter's script, read from its Unicode name ("CYRILLIC SMALL LETTER A" -> "CYRILLIC");
     None for digits, punctuation, symbols and marks, which every script shares.
     (Python's unicodedata has no Script property; the name's first word comes close.)"""

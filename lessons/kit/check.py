@@ -18,6 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from rich.console import Console
+from rich.markup import escape
+
 DEADLINE = 3.0  # seconds a single scenario may take
 
 
@@ -37,10 +40,12 @@ class Guard:
         self.socks: list[socket.socket] = []
 
     def add(self, sock: socket.socket) -> socket.socket:
+        """Hand a socket to the learner's code, and remember it."""
         self.socks.append(sock)
         return sock
 
     def cut_off(self) -> None:
+        """End whatever the learner's code is doing with these sockets."""
         # shutdown() wakes a blocked recv(); close() then makes the next recv()
         # raise, which ends even a loop that spins on b'' without checking it.
         for sock in self.socks:
@@ -51,6 +56,7 @@ class Guard:
 
 @dataclass
 class CheckResult:
+    """The tally of one check: a (passed?, text) line per scenario."""
     name: str
     lines: list = field(default_factory=list)  # (ok, text)
 
@@ -129,9 +135,6 @@ def run_scenario(scenario: Callable, fn: Callable, deadline: float = DEADLINE) -
 
 def check(name: str, fn: Callable, scenarios: dict, console=None, deadline: float = DEADLINE) -> CheckResult:
     """Print a ✓ or ✗ line for each scenario and return the tally."""
-    from rich.console import Console
-    from rich.markup import escape
-
     console = console or Console(highlight=False)
     result = CheckResult(name)
     for title, scenario in scenarios.items():

@@ -31,6 +31,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from .server import BackgroundServer, bound_socket
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
@@ -93,9 +94,6 @@ def whole_number(minimum: int, maximum: int, what: str = "a number"):
     return parse
 
 
-positive_seconds = seconds()   # a client's network timeout: (0, 3600]
-
-
 # --- The parser: lesson_parser(), then a serve and a client command. ---
 
 def lesson_parser(doc: str, name: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -121,29 +119,33 @@ def serve_command(commands, port: int, transport: str = "tcp") -> argparse.Argum
 
 
 def client_command(commands, port: int, transport: str = "tcp", timeout: float = 5.0,
-                   help: str = "talk to a running server") -> argparse.ArgumentParser:
+                   max_timeout: float = 3600.0, help: str = "talk to a running server") -> argparse.ArgumentParser:
     """``client [--host H] [--port P] [--timeout S] ...``: talk to a running server."""
     cmd = commands.add_parser("client", help=help)
     cmd.add_argument("--host", type=host_name, default=DEFAULT_HOST,
                      help="the server's address (default %(default)s)")
     cmd.add_argument("--port", type=port_number, default=port,
                      help=f"the server's {transport.upper()} port (default %(default)s)")
-    cmd.add_argument("--timeout", type=positive_seconds, default=timeout,
-                     help="seconds to wait for the server before giving up (default %(default)s)")
+    cmd.add_argument("--timeout", type=seconds(0, max_timeout), default=timeout,
+                     help=f"seconds to wait for the server before giving up (at most {max_timeout:g}, "
+                          "default %(default)s)")
     return cmd
 
 
 # --- Running the commands ---
 
 def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server",
-                  transport: str = "tcp") -> int:
-    """Run ``serve`` in the foreground on ``args.host``/``args.port`` until Ctrl-C or SIGTERM."""
-    try:
-        listener = bound_socket(transport, args.host, args.port)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        stderr.print(f"[red]cannot listen on {_format_address((args.host, args.port))}: {reason}[/]")
-        return 1
+                  transport: str = "tcp", listener: Optional[socket.socket] = None) -> int:
+    """Run ``serve`` in the foreground until Ctrl-C or SIGTERM, on ``args.host``/``args.port``
+    (or on ``listener``, a socket the lesson bound itself: a Unix path, say)."""
+    if listener is None:
+        try:
+            listener = bound_socket(transport, args.host, args.port)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            stderr.print(Text(f"cannot listen on {describe_address((args.host, args.port))}: {reason}",
+                              style="red"))
+            return 1
     quiet = getattr(args, "quiet", False)
     # In the foreground, log who comes and goes, not every recv and send: printing
     # each one would slow a busy server down to the speed of the terminal.
@@ -155,7 +157,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"listening on {_format_address(listener.getsockname())}", flush=True)
+        print(f"listening on {describe_address(server.address, listener.family)}", flush=True)
         server.start()
         while not server.stop.wait(0.2):
             pass
@@ -164,7 +166,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if server.errors:
-        stderr.print(f"[red]server failed: {type(server.errors[0]).__name__}: {server.errors[0]}[/]")
+        stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
         return 1
     stderr.print("[dim]stopped[/]")
     return 0
@@ -172,7 +174,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
 
 def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a client command; turn network errors into one clear line and exit status 1."""
-    where = _format_address((args.host, args.port))
+    where = describe_address((args.host, args.port))
     try:
         return client(args)
     except ConnectionRefusedError:
@@ -188,13 +190,18 @@ def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Names
     return 1
 
 
-def _format_address(address: tuple) -> str:
+def describe_address(address, family: int = socket.AF_INET) -> str:
+    """An address as a person writes it: ``127.0.0.1:9902``, ``[::1]:9902``, ``unix:/tmp/s``, ``unix:@name``."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        if isinstance(address, bytes):                      # Linux's abstract namespace
+            return "unix:@" + address[1:].decode(errors="replace")
+        return f"unix:{address or '(unnamed)'}"
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _log_live(event: Event) -> None:
-    from rich.text import Text   # a Text, not markup: a client's name may contain "[bold]"
+    # A Text, not markup: a client's name may contain "[bold]".
     who = f"{event.who}: " if event.who and event.kind != "accept" else ""
     stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 

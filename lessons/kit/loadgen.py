@@ -27,6 +27,7 @@ MAX_LATENCIES = 200_000         # latency samples kept; beyond that, a uniform-e
 
 @dataclass
 class LoadResult:
+    """What a load run measured: requests, latencies, and whether every reply was right."""
     connections: int
     size: int
     opened: int = 0
@@ -40,10 +41,12 @@ class LoadResult:
 
     @property
     def requests_per_second(self) -> float:
+        """Completed requests per second of load."""
         return self.requests / self.seconds if self.seconds else 0.0
 
     @property
     def correct(self) -> bool:
+        """Every connection opened, every reply right, no error."""
         return not self.failure and self.opened == self.connections and self.wrong_replies == 0 and self.errors == 0
 
     def latency(self, quantile: float) -> float:
@@ -55,6 +58,7 @@ class LoadResult:
 
 
 def require_loopback(host: str) -> None:
+    """Refuse any address but loopback: load goes nowhere else."""
     try:
         loopback = ipaddress.ip_address(socket.gethostbyname(host) if host == "localhost" else host).is_loopback
     except ValueError:

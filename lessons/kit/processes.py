@@ -125,6 +125,7 @@ def _ps(pid: int, field: str) -> float:
 
 
 def machine() -> dict:
+    """The OS, Python version, CPU model and core count: recorded with every measurement."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as cpuinfo:
         cpu = next(l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name"))

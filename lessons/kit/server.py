@@ -232,7 +232,9 @@ class BackgroundServer:
         self.log = log if log is not None else Transcript()
         self.stop = Stopper()
         self.errors: list[BaseException] = []
-        self.address = listener.getsockname()[:2]
+        # What a client connects to: (host, port), or a Unix socket's path.
+        unix = getattr(socket, "AF_UNIX", None)
+        self.address = listener.getsockname() if listener.family == unix else listener.getsockname()[:2]
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -283,6 +285,13 @@ def running(serve: Callable[[socket.socket, Stopper, Transcript], None],
     An exception that ends the server thread is raised again when the block exits.
     """
     listener = bound_socket(transport, host, port)   # for UDP, the one socket it serves on
+    return running_on(listener, serve, log, name, transport)
+
+
+def running_on(listener: socket.socket, serve: Callable[[socket.socket, Stopper, Transcript], None],
+               log: Optional[Transcript] = None, name: str = "server", transport: str = "tcp") -> BackgroundServer:
+    """Like :func:`running`, on a socket already bound (and listening) of any family:
+    IPv6, dual stack, a Unix socket path. The server owns the socket from here on."""
     try:
         return BackgroundServer(serve, listener, log, name, transport)
     except BaseException:
@@ -295,7 +304,7 @@ def raise_fd_limit(wanted: int = 65536) -> tuple[int, int]:
     the hard limit); return (old, new). Every socket is an open file, so a
     server for thousands of clients needs more than the usual 1024 (256 on macOS)."""
     try:
-        import resource
+        import resource   # Unix only: imported here so that the kit still loads on Windows
     except ImportError:   # Windows: no such limit to raise
         return (0, 0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -1,4 +1,7 @@
-"""Showing code in notebooks and terminals.
+"""Showing code and rich output in notebooks and terminals.
+
+Importing the kit also fixes how rich draws its output in a notebook (see
+:func:`fit_rich_html`): every print, table and check line a lesson shows.
 
 ``source(obj, ...)`` returns a :class:`Listing` of the code as written in the
 lesson module. A terminal (rich) shows it highlighted by rich. A notebook
@@ -21,6 +24,8 @@ import keyword
 import textwrap
 import tokenize
 
+from rich.syntax import Syntax
+
 WIDTH = 99   # lesson code shown in notebooks is kept within this many columns (a test checks)
 
 PRE_STYLE = ("font-family: Menlo, Consolas, 'DejaVu Sans Mono', 'Courier New', monospace; "
@@ -28,6 +33,22 @@ PRE_STYLE = ("font-family: Menlo, Consolas, 'DejaVu Sans Mono', 'Courier New', m
              "margin: 0; padding: 4px 0; background: none; color: inherit")
 COLOURS = {"keyword": "#8250df", "string": "#0a7d33", "comment": "#6e7781", "number": "#0550ae",
            "name": "#953800"}
+
+
+def fit_rich_html() -> None:
+    """Give rich's notebook output room for underscores.
+
+    rich wraps each output in ``<pre style="overflow-x:auto; line-height:normal">``.
+    A scrolling box clips what hangs below its last line's box, so in browsers
+    every underscore vanished ("AF_INET6" read "AF INET6"). A taller line keeps
+    descenders inside the box. rich reads this format each time it draws.
+    """
+    import rich.jupyter
+    rich.jupyter.JUPYTER_HTML_FORMAT = rich.jupyter.JUPYTER_HTML_FORMAT.replace(
+        "line-height:normal", "line-height:1.45")
+
+
+fit_rich_html()
 
 
 class Listing:
@@ -40,7 +61,6 @@ class Listing:
         return f'<pre style="{PRE_STYLE}">{highlight(self.code)}</pre>'
 
     def __rich__(self):
-        from rich.syntax import Syntax
         return Syntax(self.code, "python", theme="ansi_dark", background_color="default")
 
     def __repr__(self) -> str:   # the text/plain a notebook stores beside the HTML

@@ -82,6 +82,7 @@ class LineBuffer:
         self._pending = b""
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Take the next bytes from the stream; return the lines they complete."""
         self._pending += data
         *lines, self._pending = self._pending.split(b"\n")
         for line in lines:

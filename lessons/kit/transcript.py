@@ -26,6 +26,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from rich.table import Table
+from rich.text import Text
+
 CLIENT, SERVER = "client", "server"
 
 # Event kinds. Only these take part in the causal merge; any other kind
@@ -38,6 +41,7 @@ READY = "ready"   # a wake-up of an event loop; detail lists what was ready (les
 
 @dataclass(frozen=True)
 class Event:
+    """One thing one side did: a send, a recv, an accept, a note..."""
     side: str          # CLIENT or SERVER
     kind: str          # one of the kinds above
     who: str = ""      # which connection, as a label: "client 1", "alice", ...
@@ -45,6 +49,7 @@ class Event:
     detail: str = ""   # short, deterministic text: never a port or an address
 
     def describe(self) -> str:
+        """The event in a few words, as a transcript row shows it."""
         words = {
             SEND: f"send {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
             RECV: f"recv {self.nbytes:,} byte{'s' * (self.nbytes != 1)}",
@@ -75,6 +80,7 @@ class Transcript:
         return self._kinds is None or kind in self._kinds
 
     def record(self, side: str, kind: str, who: str = "", nbytes: int = 0, detail: str = "") -> Optional[Event]:
+        """Append an event (thread-safe); returns it, or None if this transcript does not keep that kind."""
         if self._kinds is not None and kind not in self._kinds:
             return None
         event = Event(side, kind, who, nbytes, detail)
@@ -86,6 +92,7 @@ class Transcript:
         return event
 
     def events(self, side: Optional[str] = None) -> list[Event]:
+        """The events so far, in arrival order (only one side's, if given)."""
         with self._lock:
             return [e for e in self._events if side is None or e.side == side]
 
@@ -95,6 +102,7 @@ class Transcript:
             return self._changed.wait_for(lambda: predicate(list(self._events)), timeout)
 
     def wait_for_event(self, side: str, kind: str, count: int = 1, timeout: float = 5.0) -> bool:
+        """Block until ``side`` has recorded ``count`` events of ``kind``, or timeout; returns whether it did."""
         return self.wait_for(lambda evs: sum(e.side == side and e.kind == kind for e in evs) >= count, timeout)
 
     def timeline(self, title: str = "readiness timeline", max_rows: int = 40):
@@ -102,6 +110,7 @@ class Transcript:
         return render_timeline(self.events(SERVER), title=title, max_rows=max_rows)
 
     def ordered(self) -> list[Event]:
+        """The events in causal order: the same on every run (see causal_order)."""
         return causal_order(self.events())
 
     def render(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
@@ -112,6 +121,11 @@ class Transcript:
         """
         events = self.ordered() if causal else self.events()
         return render_lanes(events, title=title, max_rows=max_rows)
+
+    def sequence(self, title: str = "transcript", max_rows: int = 60, causal: bool = True):
+        """The same record as a sequence diagram (an SVG picture): see kit.sequence."""
+        from .sequence import sequence_diagram   # (sequence imports this module)
+        return sequence_diagram(self.ordered() if causal else self.events(), title=title, max_rows=max_rows)
 
 
 def _other(side: str) -> str:
@@ -126,6 +140,7 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
     arrival order only if neither can move (a record that breaks the rules above).
     """
     events = list(events)
+    arrival = {id(e): i for i, e in enumerate(events)}
     lanes = {CLIENT: [e for e in events if e.side == CLIENT],
              SERVER: [e for e in events if e.side == SERVER]}
     pos = {CLIENT: 0, SERVER: 0}
@@ -172,17 +187,16 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
                 pos[side] += 1
                 break
         else:  # neither lane can move: the record broke the rules; keep arrival order
+            # (by identity: two events with equal fields are still two different events)
             nxt = min((lanes[s][pos[s]] for s in lanes if pos[s] < len(lanes[s])),
-                      key=events.index)
+                      key=lambda e: arrival[id(e)])
             take(nxt)
             pos[nxt.side] += 1
     return out
 
 
-def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60):
-    from rich.table import Table
-    from rich.text import Text
-
+def render_lanes(events: list[Event], title: str = "transcript", max_rows: int = 60) -> Table:
+    """A rich Table with one column per side (client, server) and one row per event."""
     # A lane nobody recorded in (a server-only view, say) is left out.
     lanes = [side for side in (CLIENT, SERVER) if any(e.side == side for e in events)] or [CLIENT, SERVER]
     table = Table(title=title, title_justify="left", show_lines=False, min_width=len(title) + 2)
@@ -207,9 +221,6 @@ def render_lanes(events: list[Event], title: str = "transcript", max_rows: int =
 
 def render_timeline(events: list[Event], title: str = "readiness timeline", max_rows: int = 40):
     """Group a server's events under the READY event that woke the loop before them."""
-    from rich.table import Table
-    from rich.text import Text
-
     rows: list[tuple[str, list[str]]] = []
     for e in events:
         if e.kind == READY:
