@@ -63,7 +63,7 @@ class Serving:
     def __init__(self, listener: socket.socket, log: Transcript):
         self.listener, self.log = listener, log
         self.address = listener.getsockname()[:2]
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[asyncio.Task, None] = {}   # in the order the clients came
         self.transports: weakref.WeakSet = weakref.WeakSet()   # until each one is gone
         self.accepted = 0
         self.cancelled = 0      # connection tasks still running when close() was called
@@ -134,8 +134,8 @@ class Serving:
             self.log.record(SERVER, ACCEPT, who)
             # A task of its own, named for its client: asyncio's debug messages show the name.
             task = loop.create_task(self._run(connected, conn, who), name=who)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks[task] = None
+            task.add_done_callback(lambda done: self.tasks.pop(done, None))
 
     async def _run(self, connected, conn: socket.socket, who: str) -> None:
         try:
@@ -154,7 +154,7 @@ class Serving:
             await asyncio.wait({self.accepting})
         self.listener.close()
         self.cancelled = len(self.tasks)
-        for task in list(self.tasks):
+        for task in list(self.tasks):             # oldest first: the same order on every run
             task.cancel()                         # CancelledError at the await it is waiting on
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.sleep(0)                    # a closed transport with nothing queued ends
