@@ -1,7 +1,7 @@
-"""asyncio: one thread runs an event loop, and each client is a coroutine that awaits instead of blocking.
+"""asyncio: one thread runs an event loop, and each client is a coroutine that awaits, never blocks.
 
     python -m lessons.08_asyncio                          # demo: the room and the echo, one thread
-    python -m lessons.08_asyncio serve [--port 9908]      # lesson 03's chat room; `nc 127.0.0.1 9908`
+    python -m lessons.08_asyncio serve [--port 9908]      # lesson 03's room: `nc 127.0.0.1 9908`
     python -m lessons.08_asyncio serve --echo             # lesson 02's echo server
     python -m lessons.08_asyncio client [--name NAME]     # chat from a terminal (or a pipe)
     python -m lessons.08_asyncio client --echo 'hello'    # one echo, from an asyncio client

@@ -13,6 +13,9 @@
 - :mod:`.loadgen`    a load generator that checks every reply (lesson 07, benchmarks)
 - :mod:`.processes`  servers in child processes: port, CPU time, memory
 - :mod:`.baselines`  asyncio echo servers to measure against
+- :mod:`.aio`        asyncio servers on a running loop, in a thread, in the foreground (lesson 08)
+- :mod:`.fanout`     a chat room's fan-out and memory per idle member, measured from outside
+- :mod:`.compare`    server designs side by side: lines of code, threads, memory, a slow reader
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running

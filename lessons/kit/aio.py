@@ -6,8 +6,8 @@ every asyncio server (the room, the echo servers) starts and stops the same way:
     serving = await Serving.streams(handler, listener, log)   # on the running loop (a notebook)
     async with serving: ...                                   # leaving: every task cancelled,
                                                               #   every connection closed
-    serve_in_thread(start, listener, stop, log)   # the kit's serve(listener, stop, log), for running()
-    serve_in_foreground(start, args)              # python -m lessons.NN serve: until Ctrl-C or SIGTERM
+    serve_in_thread(start, listener, stop, log)   # serve(listener, stop, log), for kit.running()
+    serve_in_foreground(start, args)              # `serve`: until Ctrl-C or SIGTERM
 
 A handler is ``async def handler(reader, writer, who)``. Serving runs each one as
 a task of its own, named ``who`` ("client 3"), records its accept and its close,
@@ -25,6 +25,7 @@ from typing import Awaitable, Callable, Optional
 
 from rich.text import Text
 
+from .cli import describe_address, stderr
 from .server import (ACCEPT_BACKOFF, CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors,
                      Stopper, listen)
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Event, Transcript
@@ -191,7 +192,12 @@ async def close_writer(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIME
 # --- A client of the chat protocol, as coroutines ---
 
 class AsyncChatClient:
-    """A chat room member as coroutines (lesson 03's protocol): ``alice = await AsyncChatClient.join(address, "alice")``."""
+    """A member of a chat room (lesson 03's protocol) as coroutines::
+
+        alice = await AsyncChatClient.join(address, "alice")   # greeting and welcome read
+        await alice.say("hello")
+        line = await alice.next_line()
+    """
 
     def __init__(self, reader, writer, timeout: float):
         self.reader, self.writer, self.timeout = reader, writer, timeout
@@ -274,20 +280,20 @@ async def until_signalled(start: Start, listener: socket.socket, log: Transcript
 
 
 def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
-    """``serve``: bind ``args.host``/``args.port``, print ``listening on HOST:PORT`` (first, flushed),
-    log arrivals and departures to stderr, stop cleanly on Ctrl-C or SIGTERM with status 0."""
-    from .cli import stderr
+    """``serve``: bind ``args.host``/``args.port``, print ``listening on HOST:PORT`` (first,
+    flushed), log arrivals and departures to stderr, stop cleanly on Ctrl-C or SIGTERM (status 0)."""
     try:
         listener = listen(args.host, args.port)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        stderr.print(Text(f"cannot listen on {_address((args.host, args.port))}: {reason}", style="red"))
+        where = describe_address((args.host, args.port))
+        stderr.print(Text(f"cannot listen on {where}: {reason}", style="red"))
         return 1
     log = Transcript(maxlen=1000, live=None if quiet else _log_live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
 
     def announce(serving: Serving) -> None:
-        print(f"listening on {_address(serving.address)}", flush=True)
+        print(f"listening on {describe_address(serving.address, listener.family)}", flush=True)
 
     try:
         serving = asyncio.run(until_signalled(start, listener, log, announce))
@@ -302,13 +308,7 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
     return 0
 
 
-def _address(address: tuple) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
 def _log_live(event: Event) -> None:
-    from .cli import stderr
     who = f"{event.who}: " if event.who and event.kind != ACCEPT else ""
     stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"),
                  soft_wrap=True)
