@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pathlib
 import resource
@@ -270,3 +271,25 @@ def test_the_echo_client_against_a_silent_server_times_out_clearly():
 def test_bad_arguments_get_one_clear_line(args, message):
     result = run_module("lessons.08_asyncio", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+# --- The measurements the notebook and the lab use ---
+
+def test_fanout_counts_every_delivery_in_order_and_reports_a_full_room():
+    from lessons.kit import fanout
+    with running(aio.serve) as server:
+        result = fanout.measure(server.address, members=6, senders=3, duration=0.3)
+    assert result.error == "" and result.complete and result.sent > 0
+    assert result.delivered == result.sent * 5 and result.per_second > 0   # each line to 5 others
+    with running(functools.partial(aio.serve, max_members=2)) as server:
+        assert fanout.measure(server.address, members=3, duration=0.1).error == chat.ROOM_FULL
+
+
+def test_code_lines_follow_the_entry_point_and_skip_what_is_shared(tmp_path):
+    from lessons.kit import compare
+    module = tmp_path / "server.py"
+    module.write_text('def serve():\n    """Doc."""\n    # a comment\n\n    return helper()\n\n\n'
+                      'def helper():\n    return shared()\n\n\ndef shared():\n    return 1\n\n\n'
+                      'def unused():\n    return 2\n')
+    assert compare.code_lines(module, "serve") == 6          # serve 2, helper 2, shared 2
+    assert compare.code_lines(module, "serve", exclude=["shared"]) == 4

@@ -60,6 +60,7 @@ class Members:
         self.socks: list[socket.socket] = []
         self.lines: list[list[bytes]] = []
         self.buffers: list[LineBuffer] = []
+        self.gone: set[int] = set()          # members whose connection the room closed
         try:
             for i in range(n):
                 sock = socket.create_connection(address[:2], timeout=timeout)
@@ -78,6 +79,9 @@ class Members:
 
     def refused(self) -> str:
         """Why the room did not take everyone ("" if it did): its refusal, as it said it."""
+        for i in sorted(self.gone):
+            if len(self.lines[i]) < 2 or not self.lines[i][1].startswith(b"* welcome"):
+                return (self.lines[i] or [b"(closed without a word)"])[-1].decode(errors="replace")
         for lines in self.lines:
             if lines and lines[0] != chat.GREETING.encode():
                 return lines[0].decode("utf-8", errors="replace")
@@ -89,13 +93,18 @@ class Members:
         """Read every socket that has something, waiting at most ``wait`` for the first."""
         for key, _ in self.sel.select(wait):
             data = key.fileobj.recv(1 << 16)
-            if not data:
-                raise ConnectionError(f"the room closed member {key.data}'s connection")
+            if not data:                        # the room hung up: refused, or dropped it
+                self.sel.unregister(key.fileobj)
+                self.gone.add(key.data)
+                continue
             self.lines[key.data] += self.buffers[key.data].feed(data)
 
     def read_until(self, done: Callable[[list], bool], timeout: float) -> None:
+        """Read until ``done(lines)``; ConnectionError if the room closes a member's connection."""
         deadline = time.monotonic() + timeout
         while not done(self.lines):
+            if self.gone:
+                raise ConnectionError(f"the room closed member {min(self.gone)}'s connection")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the room fell behind: {sum(map(len, self.lines)):,} lines "
                                    f"received in {timeout:g} s")
@@ -167,7 +176,8 @@ def in_order(lines: list[bytes], senders: int, rounds: int, own: int) -> bool:
 def idle_member_kib(address, members: int, rss_kib: Callable[[], float],
                     settle: float = 0.3) -> float:
     """KiB of the room's memory per idle member: its resident size (``rss_kib()``, read from
-    the server's process) with ``members`` joined and silent, less before they came."""
+    the server's process) with ``members`` joined and silent, less before they came. Measure
+    in a fresh server process: memory a room used before is seldom given back to the system."""
     before = rss_kib()
     with Members(address, members, prefix="idle") as room:
         if room.refused():
