@@ -29,7 +29,8 @@ from lessons.kit.server import raise_fd_limit
 from lessons.kit.stream import LineBuffer, recv_until_eof
 from tests.conftest import lesson
 
-ROOMS = [pytest.param(lesson("03_chat").serve, id="03_chat")]
+ROOMS = [pytest.param(lesson("03_chat").serve, id="03_chat"),
+         pytest.param(lesson("08_asyncio").serve, id="08_asyncio")]
 
 
 @pytest.fixture(params=ROOMS)

@@ -16,6 +16,9 @@
 - :mod:`.lab`        the scaling lab's engine: points, sweeps, the load generator's ceiling (lesson 07)
 - :mod:`.labreport`  the lab's tables (never a cut number), result files and figures
 - :mod:`.baselines`  asyncio echo servers to measure against
+- :mod:`.aio`        asyncio servers on a running loop, in a thread, in the foreground (lesson 08)
+- :mod:`.fanout`     a chat room's fan-out and memory per idle member, measured from outside
+- :mod:`.compare`    server designs side by side: lines of code, threads, memory, a slow reader
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running

@@ -69,6 +69,8 @@ ECHO_SERVERS: list[EchoServer] = [
     _lesson("05 selectors (default)", "05_select"),
     *[_lesson(f"05 selectors/{backend}", "05_select", "--selector", backend, function="serve_selectors",
               selector=backend) for backend in _BACKENDS if backend != "select"],
+    _lesson("08 asyncio streams", "08_asyncio", "--echo", function="serve_echo"),
+    EchoServer("08 asyncio Protocol", (), "08_asyncio", "serve_echo_protocol"),   # in process only
     EchoServer("asyncio streams", ("-m", "lessons.kit.baselines", "streams")),
     EchoServer("asyncio Protocol", ("-m", "lessons.kit.baselines", "protocol")),
     EchoServer("asyncio Protocol + uvloop", ("-m", "lessons.kit.baselines", "protocol", "--uvloop"),
