@@ -32,8 +32,8 @@ IN, OUT = select.EPOLLIN, select.EPOLLOUT
 
 
 def step1_epoll(listener, stop, log):
-    """Lesson 05's server with select.epoll in place of selectors (same EchoLoop)."""
-    loop = lesson05.EchoLoop(log)
+    """Lesson 05's server with select.epoll in place of selectors (same Echoer)."""
+    loop = lesson05.Echoer(log)
     listener.setblocking(False)
     lfd = listener.fileno()
     ep = select.epoll()
@@ -52,12 +52,12 @@ def step1_epoll(listener, stop, log):
                 was = (IN if lesson05.wants_to_read(conn) else 0) | (OUT if conn.output else 0)
                 if mask & (IN | select.EPOLLERR | select.EPOLLHUP):
                     loop.readable(conn)
-                if mask & OUT:
+                if conn.output:   # try at once: usually the whole echo fits
                     loop.writable(conn)
                 if conn.client_done and not conn.output:
                     ep.unregister(fd)
                     del by_fd[fd]
-                    loop.finished(conn)
+                    loop.close(conn)
                     continue
                 wanted = (IN if lesson05.wants_to_read(conn) else 0) | (OUT if conn.output else 0)
                 if wanted != was:
@@ -74,7 +74,7 @@ def step2_straight(listener, stop, log):
     whose echo did not all fit is watched for writing only, until it has.
     Connection objects, socket methods and the per-message transcript stay.
     """
-    loop = lesson05.EchoLoop(log)
+    loop = lesson05.Echoer(log)
     listener.setblocking(False)
     lfd = listener.fileno()
     ep = select.epoll()
@@ -85,7 +85,7 @@ def step2_straight(listener, stop, log):
         ep.unregister(fd)
         del by_fd[fd]
         conn.client_done, conn.output = True, bytearray()
-        loop.finished(conn)
+        loop.close(conn)
 
     try:
         while not stop.is_set():
@@ -109,7 +109,7 @@ def step2_straight(listener, stop, log):
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    loop.fail(conn, exc)
+                    loop._failed(conn, exc)
                     close(fd, conn)
                     continue
                 if not data:
@@ -122,7 +122,7 @@ def step2_straight(listener, stop, log):
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
-                    loop.fail(conn, exc)
+                    loop._failed(conn, exc)
                     close(fd, conn)
                     continue
                 log.record(SERVER, SEND, conn.who, sent)
@@ -136,7 +136,7 @@ def step2_straight(listener, stop, log):
 
 def step3_quiet(listener, stop, log):
     """Step 2 without the transcript's recv and send events (accepts, EOFs, errors, closes stay)."""
-    loop = lesson05.EchoLoop(log)
+    loop = lesson05.Echoer(log)
     listener.setblocking(False)
     lfd = listener.fileno()
     ep = select.epoll()
@@ -147,7 +147,7 @@ def step3_quiet(listener, stop, log):
         ep.unregister(fd)
         del by_fd[fd]
         conn.client_done, conn.output = True, bytearray()
-        loop.finished(conn)
+        loop.close(conn)
 
     try:
         while not stop.is_set():
@@ -171,7 +171,7 @@ def step3_quiet(listener, stop, log):
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    loop.fail(conn, exc)
+                    loop._failed(conn, exc)
                     close(fd, conn)
                     continue
                 if not data:
@@ -183,7 +183,7 @@ def step3_quiet(listener, stop, log):
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
-                    loop.fail(conn, exc)
+                    loop._failed(conn, exc)
                     close(fd, conn)
                     continue
                 if sent != len(data):

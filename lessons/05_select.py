@@ -42,7 +42,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from lessons.kit import adversary, echo, probes, running
+from lessons.kit import adversary, echo, fastecho, probes, running
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, serve_forever, stderr)
 from lessons.kit.nonblocking import OUTPUT_LIMIT, RECV_SIZE, Connection   # as lesson 04 built it
@@ -408,6 +408,11 @@ def demo() -> int:
     return 0 if ok and (level, edge) == (3, 1) else 1
 
 
+# How fast can one Python thread echo? The same contract, with the Python work per message
+# cut down step by measured step: lessons/kit/fastecho.py, benchmarks/RESULTS.md.
+serve_fast = fastecho.serve
+
+
 def main(argv=None) -> int:
     parser, commands = lesson_parser(__doc__, "05_select")
     serve_cmd = serve_command(commands, port=9905)
@@ -418,7 +423,9 @@ def main(argv=None) -> int:
                            default=IDLE_TIMEOUT, metavar="SECONDS",
                            help="close a connection that sends and takes nothing for this long "
                                 "(0: never; default %(default)g)")
-    # (Issue 13: a --fast variant, kit/fastecho.py, will be chosen here, beside --selector.)
+    serve_cmd.add_argument("--fast", action="store_true",
+                           help="serve the fast variant instead (lessons/kit/fastecho.py: epoll "
+                                "directly, less Python per message; same echo contract)")
     echo.add_client_args(client_command(commands, port=9905))
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -431,6 +438,8 @@ def main(argv=None) -> int:
                              "are refused[/]")
         serve_fn = functools.partial(serve_selectors, selector=args.selector,
                                      idle_timeout=args.idle_timeout or None)
+        if args.fast:
+            serve_fn = serve_fast
         return serve_forever(serve_fn, args, "05_select")
     if args.command == "client":
         return run_client(echo.client, args)

@@ -76,7 +76,7 @@ ECHO_SERVERS: list[EchoServer] = [
     EchoServer("asyncio Protocol + uvloop", ("-m", "lessons.kit.baselines", "protocol", "--uvloop"),
                needs="uvloop"),
     # Lesson 05's loop with the Python work per message cut down (lessons/kit/fastecho.py).
-    EchoServer("05 selectors --fast", ("-m", "lessons.kit.fastecho", "--quiet"), needs="lessons.kit.fastecho"),
+    _lesson("05 selectors --fast", "05_select", "--fast", function="serve_fast"),
     # The yardstick: a C epoll echo server, the ceiling that the lab measures its load generator against.
     EchoServer("C epoll echo", ("--quiet",), program="echo_c.c"),
 ]
