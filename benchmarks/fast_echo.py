@@ -1,8 +1,8 @@
 """How fast can one Python thread echo? Lesson 05's selectors server, step by step, against asyncio, uvloop and C.
 
-    python benchmarks/fast_echo.py                # the full run (about 6 minutes): profiles, then side by side
+    python benchmarks/fast_echo.py                # the full run (about 10 minutes): profiles, then side by side
     python benchmarks/fast_echo.py --quick        # a smoke test, a few seconds
-    python benchmarks/fast_echo.py --no-profiles  # only the side-by-side run (about 4 minutes)
+    python benchmarks/fast_echo.py --no-profiles  # only the side-by-side run (about 5 minutes)
 
 Part 1, the profile behind each step. The steps (benchmarks/fast_echo_steps.py)
 go from lesson 05's server to lessons/kit/fastecho.py, one change at a time.
