@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import Iterator, Optional
 
-from .server import JOIN_TIMEOUT, POLL_INTERVAL, RunningServer, accept_until, running
+from .server import JOIN_TIMEOUT, POLL_INTERVAL, BackgroundServer, accept_until, running
 from .transcript import NOTE, SERVER, Transcript
 
 TIMEOUT = 5.0
@@ -28,7 +28,7 @@ TIMEOUT = 5.0
 
 @contextlib.contextmanager
 def lossy_relay(target: tuple, lose: int = 1, hang_up: bool = False,
-                log: Optional[Transcript] = None) -> Iterator[RunningServer]:
+                log: Optional[Transcript] = None) -> Iterator[BackgroundServer]:
     """Relay connections to ``target``, losing every reply on the first ``lose`` of them."""
     budget = {"left": lose}
     lock = threading.Lock()
