@@ -42,6 +42,21 @@ def notebook_exercise(notebook: str, function: str):
     raise LookupError(f"no exercise cell defining {function}() in {notebook}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def frozen_heap():
+    """Move everything imported so far out of the collector's sight, once.
+
+    Installed plugins (nbval brings Jupyter's libraries) leave some 180,000
+    objects, and the full gc.collect() after every test below walked them all:
+    0.2 to 0.3 s a test, more than most tests take. Objects a test makes are
+    still collected, so an unclosed socket still warns inside its test.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves threads running; surface unclosed sockets in it."""
