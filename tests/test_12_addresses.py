@@ -375,6 +375,28 @@ def test_serve_and_client_on_a_unix_path(sockdir, capsys):
     assert "no such socket file" in capsys.readouterr().err
 
 
+@needs_unix
+def test_serve_in_a_directory_that_does_not_exist_says_so(sockdir, capsys):
+    assert addresses.main(["serve", "--unix", os.path.join(sockdir, "no-such-dir", "x.sock")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_flood_of_connections_is_turned_away_past_the_limit_and_the_rest_are_served(monkeypatch):
+    monkeypatch.setattr(addresses, "MAX_CLIENTS", 3)
+    log = Transcript()
+    with running_on(addresses.listen_tcp("127.0.0.1"), addresses.serve, log) as server, \
+            contextlib.ExitStack() as held:
+        crowd = [held.enter_context(socket.create_connection(server.address, timeout=5)) for _ in range(5)]
+        assert log.wait_for(lambda events: sum(e.kind in ("accept", "error") for e in events) == 5)
+        for sock in crowd[3:]:                 # one thread each for the first three; the rest are closed
+            assert sock.recv(10) == b""
+        with socket.create_connection(server.address, timeout=5) as late:
+            assert late.recv(10) == b""         # still full: turned away too
+        crowd[0].close()                        # a place frees up...
+        assert log.wait_for_event(SERVER, CLOSE)
+        assert echo(server.address, b"my turn") == b"my turn"          # ...and the next client gets it
+
+
 BAD_ARGUMENTS = [
     (["serve", "--host", ""], "empty host"),
     (["client", "--host", " ", "hi"], "empty host"),
