@@ -3,6 +3,7 @@ specification's own examples and hostile peers), lost replies and idempotence, Z
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -405,7 +406,7 @@ def test_batches_mixed_empty_and_notification_only(rpc):
 
 def test_a_notification_runs_but_gets_no_reply():
     ledger = msg.Ledger()
-    with running(msg.make_serve(ledger)) as server, jsonrpc.RpcClient(server.address) as client:
+    with running(functools.partial(msg.serve, ledger=ledger)) as server, jsonrpc.RpcClient(server.address) as client:
         assert exchange(client, jsonrpc.encode(jsonrpc.request("deposit", [5]))) is None
         assert exchange(client, jsonrpc.encode(jsonrpc.request("deposit", [-5]))) is None   # even an error
         client.notify("deposit", 7)
@@ -535,7 +536,7 @@ def test_a_lost_reply_retried_runs_twice_unless_the_request_has_an_id():
     for request_id, runs, balance in [(None, 2, 200), ("3f1c-deposit-1", 1, 100)]:
         ledger = msg.Ledger()
         log = Transcript()
-        with running(msg.make_serve(ledger)) as server, lossy_relay(server.address, lose=1, log=log) as relay:
+        with running(functools.partial(msg.serve, ledger=ledger)) as server, lossy_relay(server.address, lose=1, log=log) as relay:
             assert msg.call_with_retry(relay.address, "deposit", 100, request_id, timeout=0.2) == balance
         assert (ledger.runs, ledger.balance) == (runs, balance)
         assert [e.detail.split(" (")[0] for e in log.events() if e.kind == NOTE] == ["lost a reply"]

@@ -34,11 +34,10 @@ import itertools
 import json
 import math
 import socket
-import threading
 from typing import Any, Optional
 
-from .server import JOIN_TIMEOUT, accept_until
-from .transcript import ACCEPT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
+from .threaded import serve_threads
+from .transcript import EOF, NOTE, RECV, SEND, SERVER, Transcript
 
 PARSE_ERROR = -32700       # the line is not JSON
 INVALID_REQUEST = -32600   # JSON, but not a request object
@@ -207,27 +206,20 @@ def describe(message) -> str:
     return "not a request"
 
 
-# --- The server: a thread per connection, a line at a time ---
+# --- The server: a thread per connection (kit.threaded), a line at a time ---
 
 def serve(listener: socket.socket, stop, log: Transcript, methods: dict,
           max_clients: int = MAX_CLIENTS, limit: int = MAX_LINE, idle_timeout: float = IDLE_TIMEOUT) -> None:
     """Answer JSON-RPC on every connection until stopped."""
-    threads: list[threading.Thread] = []
-    for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
-        who = f"client {number}"
-        threads = [t for t in threads if t.is_alive()]
-        if len(threads) >= max_clients:
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(1.0)
-                conn.sendall(encode(error_reply(None, RpcError(SERVER_BUSY, data="too many clients; try later"))))
-            continue
-        log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=serve_connection, name=who, daemon=True,
-                                  args=(conn, methods, log, who, limit, idle_timeout))
-        thread.start()
-        threads.append(thread)
-    for thread in threads:         # stopping shut every connection down, so each ends soon
-        thread.join(JOIN_TIMEOUT)
+    def busy(conn: socket.socket, log: Transcript, who: str) -> None:
+        with conn, contextlib.suppress(OSError):   # a fresh socket takes one short line at once
+            conn.settimeout(1.0)
+            conn.sendall(encode(error_reply(None, RpcError(SERVER_BUSY, data="too many clients; try later"))))
+
+    def one(conn: socket.socket, log: Transcript, who: str) -> None:
+        serve_connection(conn, methods, log, who, limit, idle_timeout)
+
+    serve_threads(listener, stop, log, one, max_clients=max_clients, refuse=busy)
 
 
 def serve_connection(conn: socket.socket, methods: dict, log: Transcript, who: str,
@@ -256,9 +248,6 @@ def serve_connection(conn: socket.socket, methods: dict, log: Transcript, who: s
                     _reply(conn, log, who, reply)
         except socket.timeout:
             log.record(SERVER, NOTE, who, detail=f"hung up: silent for {idle_timeout:g} s")
-        except OSError as exc:     # reset, broken pipe, stopped: this client's problem only
-            log.record(SERVER, ERROR, who, detail=type(exc).__name__)
-    log.record(SERVER, CLOSE, who)
 
 
 def _peek(line: bytes) -> str:
