@@ -28,6 +28,7 @@
 - :mod:`.relay`      a TCP relay that loses replies on purpose (10)
 - :mod:`.families`   IPv4, IPv6, dual stack, Unix paths: knocks, peers, --host/--unix (12)
 - :mod:`.unixpeers`  Unix-socket peers: a crashed server, another user, a socketpair child (12)
+- :mod:`.threaded`   a thread per client, at most so many at once: the skeleton of 09, 10, 12's servers
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running
