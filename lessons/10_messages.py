@@ -345,7 +345,7 @@ def client(args) -> int:
             prefix = "error " if isinstance(exc, jsonrpc.RpcError) else ""
             stderr.print(f"{prefix}{exc}", style="red", markup=False, highlight=False)
             return 1
-    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    sys.stdout.write(jsonrpc.encode(result).decode("utf-8"))   # as the server sent it: one line of JSON
     return 0
 
 

@@ -390,6 +390,13 @@ def test_the_methods_work(rpc):
     assert caught.value.code == -32601
 
 
+def test_a_lone_surrogate_is_valid_json_and_gets_a_reply(rpc):
+    # "\ud800" parses to a str that UTF-8 cannot encode: the reply escapes it instead of dying.
+    rpc.send(b'{"jsonrpc": "2.0", "method": "echo", "params": ["x \\ud800 \xe4\xbd\xa0"], "id": 1}')
+    assert rpc.receive() == {"jsonrpc": "2.0", "result": "x \ud800 你", "id": 1}
+    assert rpc.call("echo", "still \udcff here") == "still \udcff here"
+
+
 def test_batches_mixed_empty_and_notification_only(rpc):
     ok = jsonrpc.request("add", [1, 1], 1)
     note = jsonrpc.request("echo", ["quiet"])
@@ -661,6 +668,7 @@ def test_the_client_prints_results_and_clear_errors(server, capsys):
     assert run_client(capsys, server.address, "--notify", "echo", "hi") == (0, "", "")
     code, _, err = run_client(capsys, server.address, "sleep", "0.5", "--timeout", "0.1")
     assert code == 1 and "timed out" in err
+    assert run_client(capsys, server.address, "echo", "\udced bad UTF-8 in argv")[0] == 0   # surrogateescape
     code, _, err = run_client(capsys, closed_port(), "add", "1", "2")
     assert code == 1 and "connection refused" in err
 

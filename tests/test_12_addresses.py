@@ -397,6 +397,24 @@ def test_a_flood_of_connections_is_turned_away_past_the_limit_and_the_rest_are_s
         assert echo(server.address, b"my turn") == b"my turn"          # ...and the next client gets it
 
 
+def test_a_handler_that_fails_costs_its_client_only():
+    from lessons.kit.threaded import serve_threads
+
+    def fussy(conn, log, who):                  # a bug on the first client's input, not a network error
+        if conn.recv(10) == b"boom":
+            raise ValueError("cannot parse")
+        conn.sendall(b"ok")
+
+    log = Transcript()
+    with running_on(addresses.listen_tcp("127.0.0.1"), lambda l, s, g: serve_threads(l, s, g, fussy), log) as srv:
+        for message, reply in ((b"boom", b""), (b"fine", b"ok")):
+            with socket.create_connection(srv.address, timeout=5) as sock:
+                sock.sendall(message)
+                assert sock.recv(10) == reply
+    errors = [e.detail for e in log.events(SERVER) if e.kind == "error"]
+    assert errors == ["the handler failed: ValueError: cannot parse"]
+
+
 BAD_ARGUMENTS = [
     (["serve", "--host", ""], "empty host"),
     (["client", "--host", " ", "hi"], "empty host"),

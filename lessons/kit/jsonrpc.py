@@ -103,7 +103,10 @@ def parse(line: bytes) -> Any:
 
 def encode(message: Any) -> bytes:
     """One line of JSON, UTF-8, ending in a newline."""
-    return json.dumps(message, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    try:
+        return json.dumps(message, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:    # a lone surrogate ("\\ud800" is valid JSON, not valid UTF-8): escape it
+        return json.dumps(message, allow_nan=False).encode("ascii") + b"\n"
 
 
 def request(method: str, params=None, id: Any = NO_ID) -> dict:

@@ -52,6 +52,8 @@ def serve_threads(listener: socket.socket, stop: Stopper, log: Transcript, handl
         except OSError as exc:      # reset, broken pipe: this client's problem only
             if not stop.is_set():
                 log.record(SERVER, ERROR, who, detail=describe_error(exc))
+        except Exception as exc:    # a bug in handle(): said, and it costs this client only
+            log.record(SERVER, ERROR, who, detail=f"the handler failed: {describe_error(exc)}")
         finally:
             conn.close()
             places.release()        # before "close" is recorded: whoever waits for it finds a place
