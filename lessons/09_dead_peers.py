@@ -41,7 +41,6 @@ import contextlib
 import functools
 import select
 import socket
-import threading
 import time
 from typing import Optional
 
@@ -53,9 +52,10 @@ from lessons.kit.child import Child
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, serve_forever, stderr, whole_number)
 from lessons.kit.endings import ENDINGS, fin
-from lessons.kit.server import JOIN_TIMEOUT, POLL_INTERVAL, accept_until
+from lessons.kit.server import POLL_INTERVAL
 from lessons.kit.states import SocketStates, tcp_info
-from lessons.kit.transcript import ACCEPT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
+from lessons.kit.threaded import serve_threads
+from lessons.kit.transcript import EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
 
 TITLE = "Dead peers, timeouts and clean shutdown"
 PING, PONG, BYE = b"PING\n", b"PONG\n", b"BYE idle\n"
@@ -81,15 +81,14 @@ def handle(conn: socket.socket, log: Transcript, who: str, idle_timeout: float) 
                 log.record(SERVER, EOF, who)
                 return
             log.record(SERVER, RECV, who, len(data))
-            buffer += data
-            while b"\n" in buffer:
-                line, _, buffer = buffer.partition(b"\n")
+            *lines, buffer = (buffer + data).split(b"\n")   # the last piece is not a line yet
+            if any(len(line) > MAX_LINE for line in (*lines, buffer)):
+                log.record(SERVER, ERROR, who, detail=f"a line over {MAX_LINE} bytes: dropped")
+                return
+            for line in lines:
                 reply = PONG if line.rstrip(b"\r") == PING.strip() else line + b"\n"
                 log.record(SERVER, SEND, who, len(reply))
                 conn.sendall(reply)
-            if len(buffer) > MAX_LINE:
-                log.record(SERVER, ERROR, who, detail=f"a line over {MAX_LINE} bytes: dropped")
-                return
     except socket.timeout:
         log.record(SERVER, NOTE, who, detail=f"idle for {idle_timeout:g} s: dropped")
         conn.setblocking(False)
@@ -99,34 +98,10 @@ def handle(conn: socket.socket, log: Transcript, who: str, idle_timeout: float) 
 
 def serve(listener: socket.socket, stop, log: Transcript,
           idle_timeout: float = IDLE_TIMEOUT) -> None:
-    """One thread per client, as in lesson 03; each drops its client after idle_timeout
-    silent seconds (0: never)."""
-    threads: list[threading.Thread] = []
-
-    def one(conn, who):
-        with conn:
-            try:
-                handle(conn, log, who, idle_timeout)
-            except OSError as exc:
-                if not stop.is_set():
-                    log.record(SERVER, ERROR, who, detail=type(exc).__name__)
-            log.record(SERVER, CLOSE, who)
-
-    try:
-        for number, (conn, _) in enumerate(accept_until(listener, stop, log), 1):
-            who = f"client {number}"
-            threads = [t for t in threads if t.is_alive()]
-            if len(threads) >= MAX_CLIENTS:
-                log.record(SERVER, ERROR, who, detail="refused: too many clients")
-                conn.close()
-                continue
-            log.record(SERVER, ACCEPT, who)
-            thread = threading.Thread(target=one, args=(conn, who), name=f"09-{who}", daemon=True)
-            thread.start()
-            threads.append(thread)
-    finally:
-        for thread in threads:   # the stopper shut their sockets down, so they return at once
-            thread.join(JOIN_TIMEOUT)
+    """One thread per client (kit.threaded: lesson 03's design), at most MAX_CLIENTS;
+    each drops its client after idle_timeout silent seconds (0: never)."""
+    one = functools.partial(handle, idle_timeout=idle_timeout)
+    serve_threads(listener, stop, log, one, max_clients=MAX_CLIENTS)
 
 
 # --- The client side: a heartbeat, and TCP keepalive. ---
@@ -137,7 +112,7 @@ def ping(sock: socket.socket, deadline: float) -> bool:
     sock.sendall(PING)
     reply = b""
     try:
-        while not reply.endswith(b"\n"):          # PONG may come in pieces (lesson 02)
+        while not reply.endswith(b"\n") and len(reply) <= MAX_LINE:   # PONG may come in pieces
             chunk = sock.recv(MAX_LINE)
             if not chunk:
                 raise ConnectionError("the server closed the connection")
@@ -146,7 +121,9 @@ def ping(sock: socket.socket, deadline: float) -> bool:
         return False
     if reply == BYE:
         raise ConnectionError("the server dropped us for being idle")
-    return reply == PONG
+    if reply != PONG:
+        raise ConnectionError(f"the answer was {reply[:30]!r}, not PONG: is this lesson 09's server?")
+    return True
 
 
 def keepalive(sock: socket.socket, idle: int = 1, interval: int = 1, count: int = 1) -> list[str]:

@@ -17,7 +17,7 @@ from lessons.kit.child import Child
 from lessons.kit.endings import C, S
 from lessons.kit.states import SocketStates, tcp_info
 from lessons.kit.transcript import ERROR, NOTE, SERVER
-from tests.conftest import lesson, run_module, solution
+from tests.conftest import lesson, solution
 
 dead = lesson("09_dead_peers")
 LINUX = sys.platform.startswith("linux")
@@ -80,12 +80,25 @@ def test_a_line_too_long_is_refused_and_the_server_goes_on(monkeypatch):
             sock.sendall(b"x" * (dead.MAX_LINE + 10))
             assert sock.recv(100) == b""
         assert server.log.wait_for_event(SERVER, "close")
+        with socket.create_connection(server.address, timeout=3) as sock:   # a whole line, at once
+            sock.sendall(b"PING\n" + b"y" * (dead.MAX_LINE + 1) + b"\n")
+            assert sock.recv(100) == b""                 # not echoed: dropped
+        assert server.log.wait_for_event(SERVER, "close", count=2)
         with socket.create_connection(server.address, timeout=3) as first, \
                 socket.create_connection(server.address, timeout=3) as second:
             assert dead.ping(first, 2.0)
             assert second.recv(100) == b""           # refused: one client at a time here
     errors = [e.detail for e in server.log.events(SERVER) if e.kind == ERROR]
-    assert errors == [f"a line over {dead.MAX_LINE} bytes: dropped", "refused: too many clients"]
+    assert errors == [f"a line over {dead.MAX_LINE} bytes: dropped"] * 2 + ["refused: too many clients"]
+
+
+def test_ping_says_when_the_answer_is_not_pong():
+    from lessons.kit.echo import handle   # an echo server answers PING with PING
+    from lessons.kit.threaded import serve_threads
+    echo = functools.partial(serve_threads, handle=handle)
+    with running(echo) as server, socket.create_connection(server.address, timeout=3) as sock:
+        with pytest.raises(ConnectionError, match="not PONG"):
+            dead.ping(sock, 2.0)
 
 
 def test_ping_reports_a_drop_and_a_close():
@@ -336,15 +349,15 @@ def test_the_demo_exits_zero_and_its_paused_server_fools_keepalive_but_not_a_hea
 
 
 @unix_only
-def test_serve_and_client_and_a_paused_server():
+def test_serve_and_client_and_a_paused_server(capsys):
+    # The server as a learner runs it (its own process, to be paused); the client in-process.
     with Child(["-m", "lessons.09_dead_peers", "serve", "--port", "0", "--idle-timeout", "5"]) as server:
         port = server.expect("listening on 127.0.0.1:").rsplit(":", 1)[1]
-        ok = run_module("lessons.09_dead_peers", "client", "--port", port, "--count", "2", "--interval", "0.1")
-        assert ok.returncode == 0, ok.stderr
-        assert [line.split(" in ")[0] for line in ok.stdout.splitlines()] == ["PONG 1", "PONG 2"]
+        assert dead.main(["client", "--port", port, "--count", "2", "--interval", "0.1"]) == 0
+        assert [line.split(" in ")[0] for line in capsys.readouterr().out.splitlines()] == ["PONG 1", "PONG 2"]
         server.pause()
-        stuck = run_module("lessons.09_dead_peers", "client", "--port", port, "--deadline", "0.3")
-        assert stuck.returncode == 1 and "no PONG within 0.3 s" in stuck.stderr
+        assert dead.main(["client", "--port", port, "--deadline", "0.3"]) == 1
+        assert "no PONG within 0.3 s" in capsys.readouterr().err
         server.resume()
         server.signal(signal.SIGINT)
         assert server.wait() == 0
