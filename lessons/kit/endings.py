@@ -63,7 +63,7 @@ def connection(states: SocketStates):
 
 def connect_and_wait(port):
     """A client in a child process: connect, say so, wait to be killed."""
-    import socket
+    import socket   # imports inside: Child.run sends this function's source alone
     import time
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     print("connected", flush=True)

@@ -37,7 +37,7 @@ TIMEOUT = 5.0
 
 def ctrl_c_in(where="accept"):
     """Ctrl-C (SIGINT) against a server blocked in accept() or recv(), in the main thread."""
-    import socket
+    import socket   # inside: Child.run runs this function's source alone
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(30)      # long: a signal, not the timeout, ends this wait
     client = conn = None
@@ -61,7 +61,7 @@ def ctrl_c_in(where="accept"):
 
 def ctrl_c_with_a_worker():
     """Ctrl-C when a worker thread is blocked in accept(): only the main thread hears it."""
-    import socket
+    import socket   # inside: Child.run runs this function's source alone
     import threading
     import time
     listener = socket.create_server(("127.0.0.1", 0))
@@ -135,7 +135,7 @@ def select_with_a_waker() -> tuple[str, float]:
 
 def wakeup_fd():
     """signal.set_wakeup_fd: a signal writes a byte to a socket, and select() wakes for it."""
-    import selectors
+    import selectors   # inside: Child.run runs this function's source alone
     import signal
     import socket
     listener = socket.create_server(("127.0.0.1", 0))
@@ -178,7 +178,7 @@ def socketserver_shutdown() -> tuple[bytes, bool]:
 
 def asyncio_signals():
     """asyncio: add_signal_handler runs the handler inside the loop, which then closes cleanly."""
-    import asyncio
+    import asyncio   # inside: Child.run runs this function's source alone
     import signal
 
     async def main():
