@@ -19,6 +19,9 @@ call returned or raised and the TCP state of both ends after each step::
 Then experiments on the states view: clients that come and go against any
 server (:func:`come_and_go`: does it leave CLOSE_WAIT behind?), a full listen
 queue (:func:`full_backlog`), and a restart over TIME_WAIT (:func:`restart`).
+
+Lesson 02 takes a first look with no states at all: :func:`how_connections_end`
+ends a connection in each way and says only what the other end's next call saw.
 """
 from __future__ import annotations
 
@@ -26,8 +29,14 @@ import contextlib
 import select
 import socket
 import struct
+import subprocess
+import sys
+import time
 from typing import Callable
 
+from rich.table import Table
+
+from . import adversary
 from .check import describe, describe_error
 from .child import Child
 from .server import running
@@ -224,3 +233,88 @@ def restart(states: SocketStates, reuse: bool) -> str:
             return f"bind() raises {describe_error(exc)}"
         again.listen()
         return "bind() and listen() work: listening again on the same port"
+
+
+# --- A first look (lesson 02): only what the other end's next call sees, no states. ---
+
+def next_recv(conn: socket.socket, wait: float) -> str:
+    """What conn's next recv() sees: data, b'' (a FIN came), an error (an RST), or nothing."""
+    conn.settimeout(wait)
+    try:
+        data = conn.recv(1024)
+    except socket.timeout:
+        return f"TimeoutError after {wait:g} s: nothing came"
+    except OSError as exc:
+        return f"{type(exc).__name__}: an RST came"
+    return f"{data!r}: a FIN came" if not data else repr(data)
+
+
+def killed_client(listener: socket.socket) -> None:
+    """Connect from a child process, then kill it (SIGKILL on POSIX): no goodbye, no cleanup."""
+    host, port = listener.getsockname()[:2]
+    code = (f"import socket, time; s = socket.create_connection(({host!r}, {port})); "
+            "print('connected', flush=True); time.sleep(30)")
+    argv = [sys.executable, "-c", code]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            child.stdout.readline()   # it has connected
+        finally:
+            child.kill()
+            child.wait(5)
+
+
+def send_until_refused(conn: socket.socket) -> str:
+    """Send to a peer whose socket is gone: the first send() is taken, the peer's kernel
+    answers that segment with an RST, and a later send() fails."""
+    conn.send(b"anyone there?")
+    for _ in range(100):
+        time.sleep(0.01)
+        try:
+            conn.send(b"?")
+        except OSError as exc:
+            return f"send() took it; a later send() raised {type(exc).__name__}: an RST came"
+    return "every send() was taken: no RST came"
+
+
+def how_connections_end(wait: float = 0.5) -> dict:
+    """End a connection in each way a peer can; say what the other end saw next."""
+    seen = {}
+    with adversary.connected_pair() as (client, conn):
+        client.close()
+        seen["the client calls close()"] = next_recv(conn, wait)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        killed_client(listener)
+        listener.settimeout(5)
+        conn, _ = listener.accept()
+        with conn:
+            seen["the client's process is killed"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        conn.sendall(b"unread")
+        client.recv(1, socket.MSG_PEEK)   # wait until it has arrived; then leave it unread
+        client.close()
+        seen["the client closes with data unread"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        adversary.abort(client)           # SO_LINGER on with 0 seconds, then close()
+        seen["the client closes with SO_LINGER 0"] = next_recv(conn, wait)
+    with adversary.connected_pair() as (client, conn):
+        client.close()
+        conn.recv(1)                      # b'': it closed; now write to it anyway
+        seen["the server writes to a closed client"] = send_until_refused(conn)
+    try:
+        socket.create_connection(adversary.closed_port(), timeout=wait).close()
+        seen["a client connects where nobody listens"] = "connected?"
+    except OSError as exc:
+        seen["a client connects where nobody listens"] = f"{type(exc).__name__}: an RST came"
+    with adversary.connected_pair() as (client, conn):   # alive, but says nothing
+        seen["the client is gone, or silent"] = next_recv(conn, wait)
+    return seen
+
+
+def endings_table(endings: dict) -> Table:
+    """how_connections_end()'s answers as a table."""
+    table = Table(title="How a connection ends, seen from the other end", title_justify="left")
+    table.add_column("what the peer did")
+    table.add_column("what the other end saw next")
+    for what, seen in endings.items():
+        table.add_row(what, seen)
+    return table
