@@ -69,7 +69,7 @@ def send_envelope(sock: socket.socket, body: bytes, content_type: str = "applica
 
 
 def recv_envelope(sock: socket.socket, max_body: int = MAX_BODY):
-    """Return (type, value): a JSON value, a str or bytes. None if the peer closed between messages.
+    """Return (type, value): a JSON value, a str or bytes; None if the peer closed before one.
 
     ValueError for a header we cannot read, a type we do not accept, a body too
     long or not in its encoding. Each check comes before the body is read or decoded.
@@ -108,7 +108,7 @@ def record(note: str) -> str:
 
 
 class Crafted:
-    """Pickles as 'call record(...)': a pickle names a callable and its arguments, and loading calls it."""
+    """Pickles as 'call record(...)': a pickle names a function and arguments; loading calls it."""
 
     def __reduce__(self):
         return record, ("the sender chose this call, and the receiver ran it",)
@@ -116,7 +116,7 @@ class Crafted:
 
 def naive_receive_object(sock: socket.socket):
     """The common first attempt at sending objects. Fixed below in receive_object()."""
-    return pickle.loads(recv_message(sock))   # BUG: runs whatever call the bytes name, while loading
+    return pickle.loads(recv_message(sock))   # BUG: while loading, runs any call the bytes name
 
 
 def receive_object(sock: socket.socket):
@@ -127,7 +127,7 @@ def receive_object(sock: socket.socket):
 # --- A file, sent by the kernel ---
 
 def send_file(sock: socket.socket, path: str) -> int:
-    """Send the file's size, then the file with socket.sendfile(): the kernel copies it, no loop here."""
+    """Send the file's size, then the file with socket.sendfile(): the kernel does the copying."""
     with open(path, "rb") as f:
         sock.sendall(FILE_SIZE.pack(os.fstat(f.fileno()).st_size))
         return sock.sendfile(f)   # falls back to send() in a loop where os.sendfile is missing
@@ -179,7 +179,7 @@ def xmlrpc_server(*functions):
 
 
 class TimeoutTransport(xmlrpc.client.Transport):
-    """xmlrpc.client has no timeout option: without this, a server that never answers hangs the caller."""
+    """xmlrpc.client has no timeout option: without one, a server that never answers hangs us."""
 
     def __init__(self, timeout: float):
         super().__init__()
@@ -213,6 +213,7 @@ class Ledger:
         self._lock = threading.Lock()
 
     def deposit(self, amount, request_id=None):
+        """Add amount and return the balance; a request_id seen before gets its first answer again."""
         if not is_number(amount) or amount <= 0:
             raise jsonrpc.invalid_params("amount must be a positive number")
         if request_id is not None and not isinstance(request_id, str):
@@ -230,7 +231,8 @@ class Ledger:
 
 
 def make_methods(stop, ledger: Ledger) -> dict:
-    """The server's methods, by name. Each checks its arguments: bad ones are the caller's error (-32602)."""
+    """The server's methods, by name. Each checks its arguments: bad ones are the caller's error
+    (-32602), and a method that fails anyway is the server's (-32603)."""
     def echo(text):
         if not isinstance(text, str):
             raise jsonrpc.invalid_params("text must be a string")
