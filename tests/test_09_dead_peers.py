@@ -65,6 +65,19 @@ def test_a_client_sending_one_byte_per_second_stays_while_a_silent_one_is_droppe
     assert [e.who for e in server.log.events(SERVER) if e.kind == NOTE] == ["client 2"]
 
 
+def test_a_client_that_sends_but_never_reads_is_dropped_too():
+    # Its echoes fill both buffers; the server's sendall() then waits, and the idle timeout ends it.
+    with serving(0.3) as server, socket.create_connection(server.address, timeout=3) as hog:
+        hog.settimeout(3)
+        with pytest.raises(OSError):                 # reset, once the server has given up on it
+            for _ in range(100_000):                  # at most 100 MB: far more than any buffers
+                hog.sendall(b"x" * 1000 + b"\n")
+        assert server.log.wait_for_event(SERVER, "close")
+        with socket.create_connection(server.address, timeout=3) as other:
+            assert dead.ping(other, 2.0)
+    assert [e.detail for e in server.log.events(SERVER) if e.kind == NOTE] == ["idle for 0.3 s: dropped"]
+
+
 def test_idle_timeout_zero_never_drops():
     with serving(0) as server, socket.create_connection(server.address, timeout=3) as sock:
         sock.settimeout(0.4)
@@ -359,5 +372,5 @@ def test_serve_and_client_and_a_paused_server(capsys):
         assert dead.main(["client", "--port", port, "--deadline", "0.3"]) == 1
         assert "no PONG within 0.3 s" in capsys.readouterr().err
         server.resume()
-        server.signal(signal.SIGINT)
+        server.signal(signal.SIGTERM)                    # as kill and service managers stop it
         assert server.wait() == 0
