@@ -86,7 +86,7 @@ def tutorial_client(port: int) -> str:
     client_socket.settimeout(5.0)                      # (ours: no call waits forever)
     try:                                               # (ours: closed even if connect() fails)
         # 连接到服务器
-        client_socket.connect(('localhost', port))     # (ours: port 0's port, not 9999)
+        client_socket.connect(('localhost', port))     # (ours: the server's port, not 9999)
 
         # 发送消息
         message = 'Hello, Server!'
@@ -200,8 +200,8 @@ def listen_unix(path: str, mode: int = 0o600, backlog: int = socket.SOMAXCONN) -
     users can enter (mode 0o700). Two servers starting at the same instant can
     still race; a lock file (fcntl.flock) beside the socket settles that.
     """
-    address = unix_address(path)
-    if isinstance(address, str):
+    address = unix_address(path)   # a path; or '@name', Linux's abstract namespace: b'\0name'
+    if isinstance(address, str):   # (a name in the abstract namespace leaves no file behind)
         clear_stale(address)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
