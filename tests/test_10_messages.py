@@ -10,8 +10,6 @@ import pickle
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import xmlrpc.client
@@ -21,10 +19,11 @@ import zmq
 
 from lessons.kit import jsonrpc, mq, running
 from lessons.kit.adversary import abort, closed_port, connected_pair, silent_server
+from lessons.kit.processes import ServerProcess
 from lessons.kit.relay import lossy_relay
 from lessons.kit.stream import send_message
 from lessons.kit.transcript import CLOSE, NOTE, SERVER, Transcript
-from tests.conftest import ROOT, lesson, run_module
+from tests.conftest import lesson
 
 msg = lesson("10_messages")
 
@@ -699,17 +698,9 @@ def test_the_demo_and_bad_options(capsys):
 
 
 def test_serve_prints_its_address_answers_and_stops_on_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "lessons.10_messages", "serve", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
-        assert first.startswith("listening on 127.0.0.1:"), first
-        port = int(first.rsplit(":", 1)[1])
-        assert jsonrpc.call(("127.0.0.1", port), "add", 40, 2) == 42
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0 and "Traceback" not in err
+    with ServerProcess.lesson("10_messages") as served:
+        assert served.host == "127.0.0.1"
+        assert jsonrpc.call(served.address, "add", 40, 2) == 42
+        with socket.create_connection(served.address, timeout=5):    # a client still connected
+            code, err = served.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err
