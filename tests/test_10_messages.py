@@ -539,11 +539,13 @@ def test_the_client_rejects_what_is_not_a_reply():
 # --- A lost reply, retried; request ids as the fix ---
 
 def test_a_lost_reply_retried_runs_twice_unless_the_request_has_an_id():
-    for request_id, runs, balance in [(None, 2, 200), ("3f1c-deposit-1", 1, 100)]:
+    # The reply lost in silence (the client times out), or with a hang-up (the client sees the close).
+    for request_id, runs, balance, hang_up in [(None, 2, 200, False), ("3f1c-deposit-1", 1, 100, True)]:
         ledger = msg.Ledger()
         log = Transcript()
-        with running(functools.partial(msg.serve, ledger=ledger)) as server, lossy_relay(server.address, lose=1, log=log) as relay:
-            assert msg.call_with_retry(relay.address, "deposit", 100, request_id, timeout=0.2) == balance
+        with running(functools.partial(msg.serve, ledger=ledger)) as server, \
+                lossy_relay(server.address, lose=1, hang_up=hang_up, log=log) as relay:
+            assert msg.call_with_retry(relay.address, "deposit", 100, request_id, timeout=0.3) == balance
         assert (ledger.runs, ledger.balance) == (runs, balance)
         assert [e.detail.split(" (")[0] for e in log.events() if e.kind == NOTE] == ["lost a reply"]
 
