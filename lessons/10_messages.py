@@ -151,6 +151,7 @@ def receive_file(sock: socket.socket, path: str, max_size: int = 1 << 30) -> tup
 
 
 def sha256_of(path: str) -> str:
+    """The SHA-256 of a file on disk, as hex: what the receiver must have computed."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 16):
@@ -186,6 +187,7 @@ class TimeoutTransport(xmlrpc.client.Transport):
         self.timeout = timeout
 
     def make_connection(self, host):
+        """The HTTP connection xmlrpc.client would make, with our timeout on it."""
         connection = super().make_connection(host)
         connection.timeout = self.timeout   # http.client uses it for connect() and every recv()
         return connection
@@ -199,6 +201,7 @@ def xmlrpc_proxy(url: str, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
 # --- JSON-RPC 2.0 by hand: the methods (the protocol is in lessons.kit.jsonrpc) ---
 
 def is_number(value) -> bool:
+    """An int or a float, and not a bool (True is an int in Python, not a number in JSON)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

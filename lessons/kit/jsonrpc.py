@@ -65,6 +65,7 @@ class RpcError(Exception):
         super().__init__(f"{code} {self.message}" + ("" if data is None else f": {data}"))
 
     def to_json(self) -> dict:
+        """The error member of a reply: code, message, and data if any."""
         error = {"code": self.code, "message": self.message}
         if self.data is not None:
             error["data"] = self.data
@@ -122,6 +123,7 @@ def request(method: str, params=None, id: Any = NO_ID) -> dict:
 # --- The server's side: from a request to its reply ---
 
 def is_valid_id(value) -> bool:
+    """A string, a number or null: what the specification allows as an id."""
     return value is None or isinstance(value, str) or (
         isinstance(value, (int, float)) and not isinstance(value, bool))   # True is an int in Python
 
@@ -140,6 +142,7 @@ def request_problem(request: dict) -> Optional[str]:
 
 
 def error_reply(request_id, error: RpcError) -> dict:
+    """A reply that carries an error instead of a result."""
     return {"jsonrpc": "2.0", "error": error.to_json(), "id": request_id}
 
 
@@ -299,6 +302,7 @@ class RpcClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection."""
         self._lines.close()
         self.sock.close()
 

@@ -165,6 +165,7 @@ class Member:
         return False
 
     def say(self, text: str) -> None:
+        """Post a line to our room."""
         self.posts.send_multipart([self.room, self.name, text.encode()])
 
     def hear(self) -> str:
@@ -175,6 +176,7 @@ class Member:
                 return f"{name.decode()}: {text.decode()}"
 
     def close(self) -> None:
+        """Close both sockets."""
         self.posts.close()
         self.feed.close()
 

@@ -20,7 +20,7 @@ CHILD_TIMEOUT = 10.0   # no child may outlive this, whatever goes wrong
 
 def bind_and_wait(path):
     """A server that binds a path, says "ready", and waits to be killed."""
-    import socket
+    import socket   # imports inside: Child.run sends this function's source to a fresh Python
     import time
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -31,7 +31,7 @@ def bind_and_wait(path):
 
 def connect_as_user(path, uid, gid):
     """Become user uid (if uid >= 0), connect to path, print what happened (exit 3: cannot switch)."""
-    import errno
+    import errno    # imports inside: Child.run sends this function's source to a fresh Python
     import os
     import socket
     import sys
@@ -54,7 +54,7 @@ def connect_as_user(path, uid, gid):
 
 def upper_echo(fd):
     """Echo in capitals on the inherited socket whose descriptor is fd, until EOF."""
-    import socket
+    import socket   # inside: Child.run sends this function's source to a fresh Python
     with socket.socket(fileno=fd) as sock:
         sock.settimeout(5)
         while data := sock.recv(65536):
