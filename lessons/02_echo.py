@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import functools
 import socket
-import subprocess
 import sys
 import threading
-import time
 
 from rich.console import Console
-from rich.table import Table
 
 from lessons.kit import adversary, running
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, serve_forever)
+from lessons.kit.endings import endings_table, how_connections_end
 from lessons.kit.server import accept_until
 from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, ERROR, RECV,
                                     SEND, SERVER, SHUTDOWN, Transcript)
@@ -175,91 +173,6 @@ def echo(address, message: bytes, timeout: float = 5.0,
             raise failure[0]
     log.record(CLIENT, CLOSE, who)
     return b"".join(chunks)
-
-
-# --- How a connection ends, as the other side sees it. ---
-
-def next_recv(conn: socket.socket, wait: float) -> str:
-    """What conn's next recv() sees: data, b'' (a FIN came), an error (an RST), or nothing."""
-    conn.settimeout(wait)
-    try:
-        data = conn.recv(1024)
-    except socket.timeout:
-        return f"TimeoutError after {wait:g} s: nothing came"
-    except OSError as exc:
-        return f"{type(exc).__name__}: an RST came"
-    return f"{data!r}: a FIN came" if not data else repr(data)
-
-
-def killed_client(listener: socket.socket) -> None:
-    """Connect from a child process, then kill it (SIGKILL on POSIX): no goodbye, no cleanup."""
-    host, port = listener.getsockname()[:2]
-    code = (f"import socket, time; s = socket.create_connection(({host!r}, {port})); "
-            "print('connected', flush=True); time.sleep(30)")
-    argv = [sys.executable, "-c", code]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
-        try:
-            child.stdout.readline()   # it has connected
-        finally:
-            child.kill()
-            child.wait(5)
-
-
-def send_until_refused(conn: socket.socket) -> str:
-    """Send to a peer whose socket is gone: the first send() is taken, the peer's kernel
-    answers that segment with an RST, and a later send() fails."""
-    conn.send(b"anyone there?")
-    for _ in range(100):
-        time.sleep(0.01)
-        try:
-            conn.send(b"?")
-        except OSError as exc:
-            return f"send() took it; a later send() raised {type(exc).__name__}: an RST came"
-    return "every send() was taken: no RST came"
-
-
-def how_connections_end(wait: float = 0.5) -> dict:
-    """End a connection in each way a peer can; say what the other end saw next."""
-    seen = {}
-    with adversary.connected_pair() as (client, conn):
-        client.close()
-        seen["the client calls close()"] = next_recv(conn, wait)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        killed_client(listener)
-        listener.settimeout(5)
-        conn, _ = listener.accept()
-        with conn:
-            seen["the client's process is killed"] = next_recv(conn, wait)
-    with adversary.connected_pair() as (client, conn):
-        conn.sendall(b"unread")
-        client.recv(1, socket.MSG_PEEK)   # wait until it has arrived; then leave it unread
-        client.close()
-        seen["the client closes with data unread"] = next_recv(conn, wait)
-    with adversary.connected_pair() as (client, conn):
-        adversary.abort(client)           # SO_LINGER on with 0 seconds, then close()
-        seen["the client closes with SO_LINGER 0"] = next_recv(conn, wait)
-    with adversary.connected_pair() as (client, conn):
-        client.close()
-        conn.recv(1)                      # b'': it closed; now write to it anyway
-        seen["the server writes to a closed client"] = send_until_refused(conn)
-    try:
-        socket.create_connection(adversary.closed_port(), timeout=wait).close()
-        seen["a client connects where nobody listens"] = "connected?"
-    except OSError as exc:
-        seen["a client connects where nobody listens"] = f"{type(exc).__name__}: an RST came"
-    with adversary.connected_pair() as (client, conn):   # alive, but says nothing
-        seen["the client is gone, or silent"] = next_recv(conn, wait)
-    return seen
-
-
-def endings_table(endings: dict) -> Table:
-    """how_connections_end()'s answers as a table."""
-    table = Table(title="How a connection ends, seen from the other end", title_justify="left")
-    table.add_column("what the peer did")
-    table.add_column("what the other end saw next")
-    for what, seen in endings.items():
-        table.add_row(what, seen)
-    return table
 
 
 # --- The demo and the command line. ---

@@ -32,14 +32,20 @@ import pickle
 import socket
 import struct
 import sys
+import tempfile
 import threading
+import uuid
 import xmlrpc.client
 from xmlrpc.server import SimpleXMLRPCServer
 
-from rich.markup import escape
+from rich.console import Console
+from rich.table import Table
 
-from lessons.kit import jsonrpc
-from lessons.kit.cli import main_guard, run_lesson, stderr
+from lessons.kit import jsonrpc, mq, running
+from lessons.kit.adversary import connected_pair
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, serve_command,
+                             serve_forever, stderr)
+from lessons.kit.relay import lossy_relay
 from lessons.kit.server import JOIN_TIMEOUT, POLL_INTERVAL
 from lessons.kit.stream import recv_exactly, recv_message, send_message
 
@@ -63,7 +69,7 @@ def send_envelope(sock: socket.socket, body: bytes, content_type: str = "applica
 
 
 def recv_envelope(sock: socket.socket, max_body: int = MAX_BODY):
-    """Return (type, value): a JSON value, a str or bytes. None if the peer closed between messages.
+    """Return (type, value): a JSON value, a str or bytes; None if the peer closed before one.
 
     ValueError for a header we cannot read, a type we do not accept, a body too
     long or not in its encoding. Each check comes before the body is read or decoded.
@@ -102,7 +108,7 @@ def record(note: str) -> str:
 
 
 class Crafted:
-    """Pickles as 'call record(...)': a pickle names a callable and its arguments, and loading calls it."""
+    """Pickles as 'call record(...)': a pickle names a function and arguments; loading calls it."""
 
     def __reduce__(self):
         return record, ("the sender chose this call, and the receiver ran it",)
@@ -110,7 +116,7 @@ class Crafted:
 
 def naive_receive_object(sock: socket.socket):
     """The common first attempt at sending objects. Fixed below in receive_object()."""
-    return pickle.loads(recv_message(sock))   # BUG: runs whatever call the bytes name, while loading
+    return pickle.loads(recv_message(sock))   # BUG: while loading, runs any call the bytes name
 
 
 def receive_object(sock: socket.socket):
@@ -121,7 +127,7 @@ def receive_object(sock: socket.socket):
 # --- A file, sent by the kernel ---
 
 def send_file(sock: socket.socket, path: str) -> int:
-    """Send the file's size, then the file with socket.sendfile(): the kernel copies it, no loop here."""
+    """Send the file's size, then the file with socket.sendfile(): the kernel does the copying."""
     with open(path, "rb") as f:
         sock.sendall(FILE_SIZE.pack(os.fstat(f.fileno()).st_size))
         return sock.sendfile(f)   # falls back to send() in a loop where os.sendfile is missing
@@ -145,6 +151,7 @@ def receive_file(sock: socket.socket, path: str, max_size: int = 1 << 30) -> tup
 
 
 def sha256_of(path: str) -> str:
+    """The SHA-256 of a file on disk, as hex: what the receiver must have computed."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 16):
@@ -173,13 +180,14 @@ def xmlrpc_server(*functions):
 
 
 class TimeoutTransport(xmlrpc.client.Transport):
-    """xmlrpc.client has no timeout option: without this, a server that never answers hangs the caller."""
+    """xmlrpc.client has no timeout option: without one, a server that never answers hangs us."""
 
     def __init__(self, timeout: float):
         super().__init__()
         self.timeout = timeout
 
     def make_connection(self, host):
+        """The HTTP connection xmlrpc.client would make, with our timeout on it."""
         connection = super().make_connection(host)
         connection.timeout = self.timeout   # http.client uses it for connect() and every recv()
         return connection
@@ -193,6 +201,7 @@ def xmlrpc_proxy(url: str, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
 # --- JSON-RPC 2.0 by hand: the methods (the protocol is in lessons.kit.jsonrpc) ---
 
 def is_number(value) -> bool:
+    """An int or a float, and not a bool (True is an int in Python, not a number in JSON)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -207,6 +216,7 @@ class Ledger:
         self._lock = threading.Lock()
 
     def deposit(self, amount, request_id=None):
+        """Add amount and return the balance; a request_id seen before gets its first answer again."""
         if not is_number(amount) or amount <= 0:
             raise jsonrpc.invalid_params("amount must be a positive number")
         if request_id is not None and not isinstance(request_id, str):
@@ -224,7 +234,8 @@ class Ledger:
 
 
 def make_methods(stop, ledger: Ledger) -> dict:
-    """The server's methods, by name. Each checks its arguments: bad ones are the caller's error (-32602)."""
+    """The server's methods, by name. Each checks its arguments: bad ones are the caller's error
+    (-32602), and a method that fails anyway is the server's (-32603)."""
     def echo(text):
         if not isinstance(text, str):
             raise jsonrpc.invalid_params("text must be a string")
@@ -249,10 +260,6 @@ def serve(listener: socket.socket, stop, log, ledger: Ledger | None = None) -> N
     jsonrpc.serve(listener, stop, log, make_methods(stop, ledger or Ledger()))
 
 
-def make_serve(ledger: Ledger):
-    return functools.partial(serve, ledger=ledger)
-
-
 # --- Timeouts and idempotence: a lost reply, retried ---
 
 def call_with_retry(address, method: str, *params, timeout: float = 0.2, tries: int = 3):
@@ -273,32 +280,26 @@ def call_with_retry(address, method: str, *params, timeout: float = 0.2, tries: 
 # --- Demo and command line ---
 
 def demo() -> int:
-    import tempfile
-    import uuid
-    from rich.console import Console
-    from rich.table import Table
-    from lessons.kit import mq, running
-    from lessons.kit.adversary import connected_pair
-    from lessons.kit.relay import lossy_relay
-
+    """Each part of the lesson once, as a table: what we tried, what happened, whether it should."""
     rows = []   # (what we tried, what happened, whether that is what should happen)
     with connected_pair() as (a, b):
         send_envelope(a, "你好".encode("gbk"), "text/plain", "gbk")
         got = recv_envelope(b)
         rows.append(("an envelope of GBK text", repr(got[1]), got == ("text/plain", "你好")))
+        EVIDENCE.clear()
         send_message(a, pickle.dumps(Crafted()))
         naive_receive_object(b)
         rows.append(("pickle.loads() of crafted bytes", "it ran record(), the sender's choice", len(EVIDENCE) == 1))
     with tempfile.TemporaryDirectory() as tmp, connected_pair() as (a, b):
-        source, copy = os.path.join(tmp, "sent.bin"), os.path.join(tmp, "received.bin")
-        with open(source, "wb") as f:
+        sent, copy = os.path.join(tmp, "sent.bin"), os.path.join(tmp, "received.bin")
+        with open(sent, "wb") as f:
             f.write(os.urandom(3_000_001))
         digest = []
         receiver = threading.Thread(target=lambda: digest.append(receive_file(b, copy)[1]))
         receiver.start()
-        send_file(a, source)
+        send_file(a, sent)
         receiver.join(JOIN_TIMEOUT)
-        rows.append(("sendfile() of 3,000,001 bytes", "SHA-256 the same at both ends", digest == [sha256_of(source)]))
+        rows.append(("sendfile() of 3,000,001 bytes", "SHA-256 the same at both ends", digest == [sha256_of(sent)]))
     with xmlrpc_server(pow) as url, xmlrpc_proxy(url) as proxy:
         rows.append(("XML-RPC pow(2, 10)", str(proxy.pow(2, 10)), proxy.pow(2, 10) == 1024))
     with running(serve) as server, jsonrpc.RpcClient(server.address) as client:
@@ -308,7 +309,8 @@ def demo() -> int:
         rows.append(("a batch: one good, two bad", f"{codes}", codes == [3, -32600, -32600]))
     for request_id in (None, str(uuid.uuid4())):
         ledger = Ledger()
-        with running(make_serve(ledger)) as server, lossy_relay(server.address, lose=1) as relay:
+        with running(functools.partial(serve, ledger=ledger)) as server, \
+                lossy_relay(server.address, lose=1) as relay:
             balance = call_with_retry(relay.address, "deposit", 100, request_id)
         rows.append((f"deposit(100), reply lost, retried {'with' if request_id else 'without'} a request id",
                      f"ran {ledger.runs}x, balance {balance}", balance == (100 if request_id else 200)))
@@ -330,21 +332,13 @@ def demo() -> int:
 def parse_arg(text: str):
     """A command-line argument as JSON where it parses ('2' → 2, 'true' → True), else as a string."""
     try:
-        return jsonrpc.parse(text.encode("utf-8"))
+        return jsonrpc.parse(text.encode("utf-8", errors="surrogateescape"))
     except ValueError:
         return text
 
 
-def add_client_args(parser) -> None:
-    parser.add_argument("method", help="echo, add, sleep, deposit, or any other name to see -32601")
-    parser.add_argument("args", nargs="*", metavar="ARG", help="parameters, as JSON where they parse")
-    parser.add_argument("--notify", action="store_true", help="send a notification: no reply expected")
-
-
 def client(args) -> int:
-    if not 0 < args.timeout <= MAX_TIMEOUT:   # inf or a year would make a client that never gives up
-        stderr.print(f"[red]--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds[/]")
-        return 2
+    """``client METHOD ARGS...``: call it, print the result as JSON (exit 1 on an error reply)."""
     params = [parse_arg(a) for a in args.args]
     with jsonrpc.RpcClient((args.host, args.port), timeout=args.timeout) as rpc:
         if args.notify:
@@ -354,15 +348,26 @@ def client(args) -> int:
             result = rpc.call(args.method, *params)
         except (jsonrpc.RpcError, jsonrpc.ProtocolError) as exc:
             prefix = "error " if isinstance(exc, jsonrpc.RpcError) else ""
-            stderr.print(f"[red]{prefix}{escape(str(exc))}[/]")
+            stderr.print(f"{prefix}{exc}", style="red", markup=False, highlight=False)
             return 1
-    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    sys.stdout.write(jsonrpc.encode(result).decode("utf-8"))   # as the server sent it: one line of JSON
     return 0
 
 
 def main(argv=None) -> int:
-    return run_lesson(argv, doc=__doc__, name="10_messages", demo=demo, serve=serve,
-                      add_client_args=add_client_args, client=client, port=9910)
+    """``python -m lessons.10_messages [demo | serve | client METHOD ARGS...]``."""
+    parser, commands = lesson_parser(__doc__, "10_messages")
+    serve_command(commands, port=9910)
+    client_cmd = client_command(commands, port=9910, max_timeout=MAX_TIMEOUT, help="call a method, print the result")
+    client_cmd.add_argument("method", help="echo, add, sleep, deposit, or any other name to see -32601")
+    client_cmd.add_argument("args", nargs="*", metavar="ARG", help="parameters, as JSON where they parse")
+    client_cmd.add_argument("--notify", action="store_true", help="send a notification: no reply expected")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_forever(serve, args, "10_messages")
+    if args.command == "client":
+        return run_client(client, args)
+    return demo()
 
 
 if __name__ == "__main__":

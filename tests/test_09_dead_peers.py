@@ -12,17 +12,17 @@ import warnings
 import psutil
 import pytest
 
-from lessons.kit import running
+from lessons.kit import endings, running, shutdown
 from lessons.kit.child import Child
+from lessons.kit.endings import C, S
 from lessons.kit.states import SocketStates, tcp_info
 from lessons.kit.transcript import ERROR, NOTE, SERVER
-from tests.conftest import lesson, run_module, solution
+from tests.conftest import lesson, solution
 
 dead = lesson("09_dead_peers")
 LINUX = sys.platform.startswith("linux")
 linux_only = pytest.mark.skipif(not LINUX, reason="the states and errors asserted are Linux's")
 unix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGSTOP, SIGKILL and fork-free children")
-C, S = dead.C, dead.S
 
 
 def serving(idle_timeout):
@@ -65,6 +65,19 @@ def test_a_client_sending_one_byte_per_second_stays_while_a_silent_one_is_droppe
     assert [e.who for e in server.log.events(SERVER) if e.kind == NOTE] == ["client 2"]
 
 
+def test_a_client_that_sends_but_never_reads_is_dropped_too():
+    # Its echoes fill both buffers; the server's sendall() then waits, and the idle timeout ends it.
+    with serving(0.3) as server, socket.create_connection(server.address, timeout=3) as hog:
+        hog.settimeout(3)
+        with pytest.raises(OSError):                 # reset, once the server has given up on it
+            for _ in range(100_000):                  # at most 100 MB: far more than any buffers
+                hog.sendall(b"x" * 1000 + b"\n")
+        assert server.log.wait_for_event(SERVER, "close")
+        with socket.create_connection(server.address, timeout=3) as other:
+            assert dead.ping(other, 2.0)
+    assert [e.detail for e in server.log.events(SERVER) if e.kind == NOTE] == ["idle for 0.3 s: dropped"]
+
+
 def test_idle_timeout_zero_never_drops():
     with serving(0) as server, socket.create_connection(server.address, timeout=3) as sock:
         sock.settimeout(0.4)
@@ -80,12 +93,25 @@ def test_a_line_too_long_is_refused_and_the_server_goes_on(monkeypatch):
             sock.sendall(b"x" * (dead.MAX_LINE + 10))
             assert sock.recv(100) == b""
         assert server.log.wait_for_event(SERVER, "close")
+        with socket.create_connection(server.address, timeout=3) as sock:   # a whole line, at once
+            sock.sendall(b"PING\n" + b"y" * (dead.MAX_LINE + 1) + b"\n")
+            assert sock.recv(100) == b""                 # not echoed: dropped
+        assert server.log.wait_for_event(SERVER, "close", count=2)
         with socket.create_connection(server.address, timeout=3) as first, \
                 socket.create_connection(server.address, timeout=3) as second:
             assert dead.ping(first, 2.0)
             assert second.recv(100) == b""           # refused: one client at a time here
     errors = [e.detail for e in server.log.events(SERVER) if e.kind == ERROR]
-    assert errors == [f"a line over {dead.MAX_LINE} bytes: dropped", "refused: too many clients"]
+    assert errors == [f"a line over {dead.MAX_LINE} bytes: dropped"] * 2 + ["refused: too many clients"]
+
+
+def test_ping_says_when_the_answer_is_not_pong():
+    from lessons.kit.echo import handle   # an echo server answers PING with PING
+    from lessons.kit.threaded import serve_threads
+    echo = functools.partial(serve_threads, handle=handle)
+    with running(echo) as server, socket.create_connection(server.address, timeout=3) as sock:
+        with pytest.raises(ConnectionError, match="not PONG"):
+            dead.ping(sock, 2.0)
 
 
 def test_ping_reports_a_drop_and_a_close():
@@ -100,7 +126,7 @@ def test_ping_reports_a_drop_and_a_close():
 @linux_only
 def test_fin():
     states = SocketStates()
-    dead.fin(states)
+    endings.fin(states)
     assert states.history == [
         ("connected", {C: "ESTABLISHED", S: "ESTABLISHED"}),
         ("client: sendall(b'bye'), close()", {C: "FIN_WAIT2", S: "CLOSE_WAIT"}),
@@ -111,7 +137,7 @@ def test_fin():
 @linux_only
 def test_half_close_still_delivers_the_answer():
     states = SocketStates()
-    dead.half_close(states)
+    endings.half_close(states)
     moments = [moment for moment, _ in states.history]
     assert states.history[1][1] == {C: "FIN_WAIT2", S: "CLOSE_WAIT"}
     assert "recv() → b'question', recv() → b'' (EOF)" in moments[2]
@@ -122,7 +148,7 @@ def test_half_close_still_delivers_the_answer():
 @linux_only
 def test_a_killed_process_still_sends_fin_then_its_kernel_resets():
     states = SocketStates()
-    dead.killed(states)
+    endings.killed(states)
     assert states.history[1] == ("kill -KILL the child (its kernel closes its socket)",
                                  {C: "FIN_WAIT2", S: "CLOSE_WAIT"})
     assert states.history[2] == ("server: recv() → b'' (EOF), send(b'anyone?') → 7", {})
@@ -131,9 +157,9 @@ def test_a_killed_process_still_sends_fin_then_its_kernel_resets():
 
 @linux_only
 @pytest.mark.parametrize("case, last", [
-    (dead.unread_close, "client: recv() → raises ConnectionResetError (ECONNRESET)"),
-    (dead.linger_zero, "server: recv() → raises ConnectionResetError (ECONNRESET)"),
-    (dead.closed_port, "client: connect() → raises ConnectionRefusedError (ECONNREFUSED)"),
+    (endings.unread_close, "client: recv() → raises ConnectionResetError (ECONNRESET)"),
+    (endings.linger_zero, "server: recv() → raises ConnectionResetError (ECONNRESET)"),
+    (endings.closed_port, "client: connect() → raises ConnectionRefusedError (ECONNREFUSED)"),
 ])
 def test_three_ways_to_a_reset_and_no_time_wait_after_any(case, last):
     states = SocketStates()
@@ -146,7 +172,7 @@ def test_three_ways_to_a_reset_and_no_time_wait_after_any(case, last):
 
 @linux_only
 def test_a_full_backlog_leaves_a_client_in_syn_sent():
-    rows = dead.full_backlog(SocketStates())
+    rows = endings.full_backlog(SocketStates())
     assert {r.label: r.owner for r in rows}["server → client 1"] == "no process"   # queued, not accepted
 
 
@@ -155,7 +181,7 @@ def test_the_tutorial_loop_as_written_leans_on_the_garbage_collector():
     # with a ResourceWarning; the last one stays referenced by the loop variable.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
-        rows = dead.come_and_go(dead.tutorial_select_loop, SocketStates(),
+        rows = endings.come_and_go(dead.tutorial_select_loop, SocketStates(),
                                 after=[("TIME_WAIT", None)] * 2 + [("FIN_WAIT2", "CLOSE_WAIT")])
         unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert {r.label for r in rows if r.state == "CLOSE_WAIT"} == {"server → client 3"}
@@ -163,26 +189,26 @@ def test_the_tutorial_loop_as_written_leans_on_the_garbage_collector():
 
 
 def test_the_tutorial_loop_that_remembers_its_clients_piles_up_close_wait_and_the_fix_does_not():
-    leaky = dead.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[]), SocketStates())
+    leaky = endings.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[]), SocketStates())
     assert {r.label for r in leaky if r.state == "CLOSE_WAIT"} == {"server → client 1", "server → client 2",
                                                                   "server → client 3"}
-    fixed = dead.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[], close_on_eof=True),
+    fixed = endings.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[], close_on_eof=True),
                              SocketStates(), after=("TIME_WAIT", None))
     assert "CLOSE_WAIT" not in {r.state for r in fixed}
 
 
 def test_the_leaking_servers_answer_finds_the_live_leak():
     leaking_servers = solution("09_dead_peers").leaking_servers
-    rows = dead.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[]), SocketStates())
+    rows = endings.come_and_go(functools.partial(dead.tutorial_select_loop, clients=[]), SocketStates())
     listening = [r.local[1] for r in rows if r.state == "LISTEN"]
     assert leaking_servers([r.record() for r in rows]) == listening
 
 
 @linux_only
 def test_so_reuseaddr_lets_a_server_restart_over_time_wait():
-    assert dead.restart(SocketStates(), reuse=False) == "bind() raises OSError (EADDRINUSE)"
+    assert endings.restart(SocketStates(), reuse=False) == "bind() raises OSError (EADDRINUSE)"
     states = SocketStates()
-    assert dead.restart(states, reuse=True).startswith("bind() and listen() work")
+    assert endings.restart(states, reuse=True).startswith("bind() and listen() work")
     assert states.history == [("server closed first, then stopped (SO_REUSEADDR on)", {"server → client": "TIME_WAIT"})]
 
 
@@ -229,7 +255,7 @@ def test_tcp_info_counts_time_since_data():
 
 @unix_only
 def test_a_child_is_reaped_even_when_left_paused():
-    with Child.run(dead.connect_and_wait, 9) as child:   # port 9: refused, so it exits with an error
+    with Child.run(endings.connect_and_wait, 9) as child:   # port 9: refused, so it exits with an error
         child.wait()
     assert child.proc.returncode not in (None, 0)
     with Child(["-c", "import time; print('up', flush=True); time.sleep(30)"]) as child:
@@ -250,44 +276,44 @@ def test_a_child_that_prints_nothing_times_out():
 @unix_only
 @pytest.mark.parametrize("where", ["accept", "recv"])
 def test_ctrl_c_interrupts_accept_and_recv_in_the_main_thread(where):
-    code, lines = dead.signal_child(dead.ctrl_c_in, signal.SIGINT, where)
+    code, lines = shutdown.signal_child(shutdown.ctrl_c_in, signal.SIGINT, where)
     assert (code, lines) == (0, [f"blocked in {where}()", f"KeyboardInterrupt raised in {where}()",
                                  "closed everything; exiting"])
 
 
 @unix_only
 def test_ctrl_c_does_not_reach_a_worker_thread():
-    code, lines = dead.signal_child(dead.ctrl_c_with_a_worker, signal.SIGINT)
+    code, lines = shutdown.signal_child(shutdown.ctrl_c_with_a_worker, signal.SIGINT)
     assert code == 0 and lines[-1] == "main thread: KeyboardInterrupt; worker still blocked: True"
 
 
 def test_shutdown_wakes_a_blocked_recv():
-    assert dead.wake_blocked_recv("shutdown") == (True, "b'' (EOF)")
+    assert shutdown.wake_blocked_recv("shutdown") == (True, "b'' (EOF)")
 
 
 @linux_only
 def test_close_does_not_wake_a_blocked_recv_on_linux():
-    woke, ended = dead.wake_blocked_recv("close")
+    woke, ended = shutdown.wake_blocked_recv("close")
     assert woke is False and ended.startswith("raises")
 
 
 def test_a_socketpair_wakes_a_select_loop():
-    assert dead.select_with_a_waker()[0] == "the waker"
+    assert shutdown.select_with_a_waker()[0] == "the waker"
 
 
 @unix_only
 def test_set_wakeup_fd_wakes_select_on_a_signal():
-    code, lines = dead.signal_child(dead.wakeup_fd, signal.SIGTERM)
+    code, lines = shutdown.signal_child(shutdown.wakeup_fd, signal.SIGTERM)
     assert (code, lines[1:]) == (0, ["select() woke: SIGTERM arrived", "closed everything; exiting"])
 
 
 def test_socketserver_shutdown_stops_serve_forever():
-    assert dead.socketserver_shutdown() == (b"hi\n", True)
+    assert shutdown.socketserver_shutdown() == (b"hi\n", True)
 
 
 @unix_only
 def test_asyncio_signal_handler_closes_cleanly():
-    code, lines = dead.signal_child(dead.asyncio_signals, signal.SIGTERM)
+    code, lines = shutdown.signal_child(shutdown.asyncio_signals, signal.SIGTERM)
     assert (code, lines) == (0, ["serving", "signal received: closing the server", "closed everything; exiting"])
 
 
@@ -300,10 +326,12 @@ def test_help_lists_the_options(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["serve", "--idle-timeout", "-1"], "between 0 and 86400"),
+    (["serve", "--idle-timeout", "-1"], "must be 0 (never) or more than 0 and at most 86400 seconds"),
     (["serve", "--idle-timeout", "soon"], "not a number of seconds"),
-    (["client", "--count", "0"], "from 1 to 100000"),
-    (["client", "--interval", "0"], "between 0.05 and 3600"),
+    (["serve", "--idle-timeout", "nan"], "not nan"),
+    (["client", "--count", "0"], "the count must be between 1 and 100,000"),
+    (["client", "--interval", "0"], "more than 0.01 and at most 3600 seconds"),
+    (["client", "--deadline", "inf"], "at most 600 seconds, not inf"),
 ])
 def test_bad_options_get_one_clear_line(args, message, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -334,15 +362,15 @@ def test_the_demo_exits_zero_and_its_paused_server_fools_keepalive_but_not_a_hea
 
 
 @unix_only
-def test_serve_and_client_and_a_paused_server():
+def test_serve_and_client_and_a_paused_server(capsys):
+    # The server as a learner runs it (its own process, to be paused); the client in-process.
     with Child(["-m", "lessons.09_dead_peers", "serve", "--port", "0", "--idle-timeout", "5"]) as server:
         port = server.expect("listening on 127.0.0.1:").rsplit(":", 1)[1]
-        ok = run_module("lessons.09_dead_peers", "client", "--port", port, "--count", "2", "--interval", "0.1")
-        assert ok.returncode == 0, ok.stderr
-        assert [line.split(" in ")[0] for line in ok.stdout.splitlines()] == ["PONG 1", "PONG 2"]
+        assert dead.main(["client", "--port", port, "--count", "2", "--interval", "0.1"]) == 0
+        assert [line.split(" in ")[0] for line in capsys.readouterr().out.splitlines()] == ["PONG 1", "PONG 2"]
         server.pause()
-        stuck = run_module("lessons.09_dead_peers", "client", "--port", port, "--deadline", "0.3")
-        assert stuck.returncode == 1 and "no PONG within 0.3 s" in stuck.stderr
+        assert dead.main(["client", "--port", port, "--deadline", "0.3"]) == 1
+        assert "no PONG within 0.3 s" in capsys.readouterr().err
         server.resume()
-        server.signal(signal.SIGINT)
+        server.signal(signal.SIGTERM)                    # as kill and service managers stop it
         assert server.wait() == 0

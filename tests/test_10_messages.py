@@ -3,14 +3,13 @@ specification's own examples and hostile peers), lost replies and idempotence, Z
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import xmlrpc.client
@@ -20,10 +19,11 @@ import zmq
 
 from lessons.kit import jsonrpc, mq, running
 from lessons.kit.adversary import abort, closed_port, connected_pair, silent_server
+from lessons.kit.processes import ServerProcess
 from lessons.kit.relay import lossy_relay
 from lessons.kit.stream import send_message
 from lessons.kit.transcript import CLOSE, NOTE, SERVER, Transcript
-from tests.conftest import ROOT, lesson, run_module
+from tests.conftest import lesson
 
 msg = lesson("10_messages")
 
@@ -389,6 +389,13 @@ def test_the_methods_work(rpc):
     assert caught.value.code == -32601
 
 
+def test_a_lone_surrogate_is_valid_json_and_gets_a_reply(rpc):
+    # "\ud800" parses to a str that UTF-8 cannot encode: the reply escapes it instead of dying.
+    rpc.send(b'{"jsonrpc": "2.0", "method": "echo", "params": ["x \\ud800 \xe4\xbd\xa0"], "id": 1}')
+    assert rpc.receive() == {"jsonrpc": "2.0", "result": "x \ud800 你", "id": 1}
+    assert rpc.call("echo", "still \udcff here") == "still \udcff here"
+
+
 def test_batches_mixed_empty_and_notification_only(rpc):
     ok = jsonrpc.request("add", [1, 1], 1)
     note = jsonrpc.request("echo", ["quiet"])
@@ -405,7 +412,7 @@ def test_batches_mixed_empty_and_notification_only(rpc):
 
 def test_a_notification_runs_but_gets_no_reply():
     ledger = msg.Ledger()
-    with running(msg.make_serve(ledger)) as server, jsonrpc.RpcClient(server.address) as client:
+    with running(functools.partial(msg.serve, ledger=ledger)) as server, jsonrpc.RpcClient(server.address) as client:
         assert exchange(client, jsonrpc.encode(jsonrpc.request("deposit", [5]))) is None
         assert exchange(client, jsonrpc.encode(jsonrpc.request("deposit", [-5]))) is None   # even an error
         client.notify("deposit", 7)
@@ -472,14 +479,14 @@ def vanish_mid_request(address):
 
 def vanish_before_the_reply(address):
     sock = socket.create_connection(address, timeout=5)
-    sock.sendall(jsonrpc.encode(jsonrpc.request("sleep", [0.2], 1)))
+    sock.sendall(jsonrpc.encode(jsonrpc.request("sleep", [0.1], 1)))
     sock.close()
 
 
 def vanish_mid_batch(address):
     sock = socket.create_connection(address, timeout=5)
-    sock.sendall(jsonrpc.encode([jsonrpc.request("sleep", [0.1], i) for i in range(3)]))
-    time.sleep(0.05)
+    sock.sendall(jsonrpc.encode([jsonrpc.request("sleep", [0.05], i) for i in range(3)]))
+    time.sleep(0.03)
     abort(sock)
 
 
@@ -532,11 +539,13 @@ def test_the_client_rejects_what_is_not_a_reply():
 # --- A lost reply, retried; request ids as the fix ---
 
 def test_a_lost_reply_retried_runs_twice_unless_the_request_has_an_id():
-    for request_id, runs, balance in [(None, 2, 200), ("3f1c-deposit-1", 1, 100)]:
+    # The reply lost in silence (the client times out), or with a hang-up (the client sees the close).
+    for request_id, runs, balance, hang_up in [(None, 2, 200, False), ("3f1c-deposit-1", 1, 100, True)]:
         ledger = msg.Ledger()
         log = Transcript()
-        with running(msg.make_serve(ledger)) as server, lossy_relay(server.address, lose=1, log=log) as relay:
-            assert msg.call_with_retry(relay.address, "deposit", 100, request_id, timeout=0.2) == balance
+        with running(functools.partial(msg.serve, ledger=ledger)) as server, \
+                lossy_relay(server.address, lose=1, hang_up=hang_up, log=log) as relay:
+            assert msg.call_with_retry(relay.address, "deposit", 100, request_id, timeout=0.3) == balance
         assert (ledger.runs, ledger.balance) == (runs, balance)
         assert [e.detail.split(" (")[0] for e in log.events() if e.kind == NOTE] == ["lost a reply"]
 
@@ -628,8 +637,7 @@ def test_the_zeromq_examples_leave_no_descriptor_open():
 
     examples()                                   # warm up: imports, caches
     before = len(os.listdir("/proc/self/fd"))
-    for _ in range(3):
-        examples()
+    examples()                                   # a leak would show as more descriptors than before
     assert len(os.listdir("/proc/self/fd")) == before
 
 
@@ -661,6 +669,7 @@ def test_the_client_prints_results_and_clear_errors(server, capsys):
     assert run_client(capsys, server.address, "--notify", "echo", "hi") == (0, "", "")
     code, _, err = run_client(capsys, server.address, "sleep", "0.5", "--timeout", "0.1")
     assert code == 1 and "timed out" in err
+    assert run_client(capsys, server.address, "echo", "\udced bad UTF-8 in argv")[0] == 0   # surrogateescape
     code, _, err = run_client(capsys, closed_port(), "add", "1", "2")
     assert code == 1 and "connection refused" in err
 
@@ -680,28 +689,20 @@ def test_the_client_says_when_the_server_is_not_json_rpc(capsys):
     assert code == 1 and "not a JSON-RPC 2.0 reply" in err
 
 
-def test_help_demo_and_bad_options():
-    assert "{demo,serve,client}" in run_module("lessons.10_messages", "--help").stdout
-    result = run_module("lessons.10_messages", timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" yes ") == 11 and "NO" not in result.stdout
-    assert "127.0.0.1" not in result.stdout
-    bad = run_module("lessons.10_messages", "client", "add", "--timeout", "inf")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+def test_the_demo_and_bad_options(capsys):
+    assert msg.demo() == 0                   # in this process: tests/test_cli.py runs --help as a learner would
+    out = capsys.readouterr().out
+    assert out.count(" yes ") == 11 and "NO" not in out and "127.0.0.1" not in out
+    for bad in (["client", "add", "--timeout", "inf"], ["client", "add", "--timeout", "301"], ["serve", "--port", "-1"]):
+        with pytest.raises(SystemExit) as exited:
+            msg.main(bad)
+        assert exited.value.code == 2 and "Traceback" not in capsys.readouterr().err
 
 
 def test_serve_prints_its_address_answers_and_stops_on_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "lessons.10_messages", "serve", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
-        assert first.startswith("listening on 127.0.0.1:"), first
-        port = int(first.rsplit(":", 1)[1])
-        assert jsonrpc.call(("127.0.0.1", port), "add", 40, 2) == 42
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0 and "Traceback" not in err
+    with ServerProcess.lesson("10_messages") as served:
+        assert served.host == "127.0.0.1"
+        assert jsonrpc.call(served.address, "add", 40, 2) == 42
+        with socket.create_connection(served.address, timeout=5):    # a client still connected
+            code, err = served.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,6 +19,7 @@ import threading
 import pytest
 
 from lessons.kit import adversary
+from lessons.kit.child import Child
 from lessons.kit.unixpeers import crash_a_server, permission_experiment
 from lessons.kit.echo import echo
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK,
@@ -27,7 +27,7 @@ from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_AB
                                   from_loopback, have_ipv6, knock, peer_kind)
 from lessons.kit.server import running_on
 from lessons.kit.transcript import ACCEPT, CLOSE, SERVER, Transcript
-from tests.conftest import ROOT, lesson, run_module
+from tests.conftest import lesson
 
 addresses = lesson("12_addresses")
 
@@ -322,57 +322,76 @@ def test_socketpair_between_two_threads_and_with_a_child():
 
 # --- The command line. ---
 
-class Served:
-    """`python -m lessons.12_addresses serve ...` in a child process."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "lessons.12_addresses", "serve", *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.first = self.proc.stdout.readline()
-
-    def stop(self, sig=signal.SIGTERM) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode, err
+def served(*args: str) -> Child:
+    """`python -m lessons.12_addresses serve ARGS` in a child process: its first line, then signals."""
+    return Child(["-m", "lessons.12_addresses", "serve", *args], timeout=15)
 
 
 @needs_ipv6
 def test_serve_and_client_on_an_ipv6_literal(capsys):
-    served = Served("--host", "::1", "--port", "0")
-    try:
-        assert served.first.startswith("listening on [::1]:"), served.first
-        port = served.first.rsplit(":", 1)[1].strip()
-        result = run_module("lessons.12_addresses", "client", "--host", "::1", "--port", port, "over six")
-        assert result.returncode == 0 and result.stdout == "over six\n", result.stderr
+    with served("--host", "::1", "--port", "0") as server:
+        port = server.expect("listening on [::1]:").rsplit(":", 1)[1]
+        assert addresses.main(["client", "--host", "::1", "--port", port, "over six"]) == 0
         assert addresses.main(["client", "--host", "[::1]", "--port", port, "brackets too"]) == 0
-        assert capsys.readouterr().out == "brackets too\n"
-    finally:
-        code, err = served.stop(signal.SIGTERM)
-    assert code == 0 and "Traceback" not in err
+        assert capsys.readouterr().out == "over six\nbrackets too\n"
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0 and "Traceback" not in server.stderr()
 
 
 @needs_unix
 def test_serve_and_client_on_a_unix_path(sockdir, capsys):
     path = os.path.join(sockdir, "cli.sock")
-    served = Served("--unix", path)
-    try:
-        assert served.first == f"listening on unix:{path}\n"
-        result = run_module("lessons.12_addresses", "client", "--unix", path, "over a path")
-        assert result.returncode == 0 and result.stdout == "over a path\n", result.stderr
+    with served("--unix", path) as server:
+        assert server.expect("listening on") == f"listening on unix:{path}"
+        assert addresses.main(["client", "--unix", path, "over a path"]) == 0
+        assert capsys.readouterr().out == "over a path\n"
         assert addresses.main(["serve", "--unix", path]) == 1     # fails before serving: in-process is fine
         assert "a server is listening there" in capsys.readouterr().err
-    finally:
-        code, err = served.stop(signal.SIGINT)
-    assert code == 0 and "Traceback" not in err
+        server.signal(signal.SIGINT)
+        assert server.wait() == 0 and "Traceback" not in server.stderr()
     assert not os.path.exists(path)
     assert addresses.main(["client", "--unix", path, "anyone?"]) == 1
     assert "no such socket file" in capsys.readouterr().err
+
+
+@needs_unix
+def test_serve_in_a_directory_that_does_not_exist_says_so(sockdir, capsys):
+    assert addresses.main(["serve", "--unix", os.path.join(sockdir, "no-such-dir", "x.sock")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_flood_of_connections_is_turned_away_past_the_limit_and_the_rest_are_served(monkeypatch):
+    monkeypatch.setattr(addresses, "MAX_CLIENTS", 3)
+    log = Transcript()
+    with running_on(addresses.listen_tcp("127.0.0.1"), addresses.serve, log) as server, \
+            contextlib.ExitStack() as held:
+        crowd = [held.enter_context(socket.create_connection(server.address, timeout=5)) for _ in range(5)]
+        assert log.wait_for(lambda events: sum(e.kind in ("accept", "error") for e in events) == 5)
+        for sock in crowd[3:]:                 # one thread each for the first three; the rest are closed
+            assert sock.recv(10) == b""
+        with socket.create_connection(server.address, timeout=5) as late:
+            assert late.recv(10) == b""         # still full: turned away too
+        crowd[0].close()                        # a place frees up...
+        assert log.wait_for_event(SERVER, CLOSE)
+        assert echo(server.address, b"my turn") == b"my turn"          # ...and the next client gets it
+
+
+def test_a_handler_that_fails_costs_its_client_only():
+    from lessons.kit.threaded import serve_threads
+
+    def fussy(conn, log, who):                  # a bug on the first client's input, not a network error
+        if conn.recv(10) == b"boom":
+            raise ValueError("cannot parse")
+        conn.sendall(b"ok")
+
+    log = Transcript()
+    with running_on(addresses.listen_tcp("127.0.0.1"), lambda l, s, g: serve_threads(l, s, g, fussy), log) as srv:
+        for message, reply in ((b"boom", b""), (b"fine", b"ok")):
+            with socket.create_connection(srv.address, timeout=5) as sock:
+                sock.sendall(message)
+                assert sock.recv(10) == reply
+    errors = [e.detail for e in log.events(SERVER) if e.kind == "error"]
+    assert errors == ["the handler failed: ValueError: cannot parse"]
 
 
 BAD_ARGUMENTS = [
@@ -392,13 +411,11 @@ def test_bad_arguments_get_one_clear_line(capsys):
         with pytest.raises(SystemExit) as exited:
             addresses.main(args)
         err = capsys.readouterr().err
-        assert exited.value.code == 2 and message in err, (args, err)
-    result = run_module("lessons.12_addresses", *BAD_ARGUMENTS[0][0])   # and once as a learner runs it
-    assert result.returncode == 2 and "empty host" in result.stderr and "Traceback" not in result.stderr
+        assert exited.value.code == 2 and message in err and "Traceback" not in err, (args, err)
 
 
-def test_the_demo_passes_and_prints_no_address():
-    result = run_module("lessons.12_addresses", timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "✗" not in result.stdout and "Traceback" not in result.stderr
-    assert "127.0.0.1" not in result.stdout and "/tmp" not in result.stdout
+def test_the_demo_passes_and_prints_no_address(capsys):
+    assert addresses.demo() == 0             # in this process: tests/test_cli.py runs --help as a learner would
+    out = capsys.readouterr().out
+    assert "✓" in out and "✗" not in out
+    assert "127.0.0.1" not in out and "/tmp" not in out

@@ -13,6 +13,7 @@ LESSONS = sorted(path.stem for path in (ROOT / "lessons").glob("[0-9][0-9]_*.py"
 # Demos that their own lesson's tests run already, in process (no need to pay twice).
 DEMO_TESTED_ELSEWHERE = {"07_scaling": "its default is the full lab: see tests/test_07_scaling.py",
                          "09_dead_peers": "tests/test_09_dead_peers.py runs it",
+                         "10_messages": "tests/test_10_messages.py runs it",
                          "12_addresses": "tests/test_12_addresses.py runs it"}
 DEMOS = [name for name in LESSONS if name not in DEMO_TESTED_ELSEWHERE]
 

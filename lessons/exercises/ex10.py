@@ -13,6 +13,7 @@ HEADER = struct.Struct("!I")
 
 
 def frame(value) -> bytes:
+    """One message as the learner must read it: a 4-byte !I length, then UTF-8 JSON."""
     body = json.dumps(value, ensure_ascii=False).encode("utf-8")
     return HEADER.pack(len(body)) + body
 
@@ -75,20 +76,24 @@ RECV_JSON = {
 
 
 def check_recv_json(fn):
+    """Check a recv_json() against every scenario above; print a line each, return the result."""
     return check("recv_json", fn, RECV_JSON)
 
 
 # --- dispatch ---
 
 def subtract(minuend, subtrahend):
+    """The specification's own example method."""
     return minuend - subtrahend
 
 
 def hello():
+    """A method with no parameters."""
     return "hello"
 
 
 def broken():
+    """A method with a bug: the server's fault (-32603), not the caller's."""
     return 1 / 0
 
 
@@ -156,6 +161,7 @@ DISPATCH = {
 
 
 def check_dispatch(fn):
+    """Check a dispatch() against every scenario above; print a line each, return the result."""
     return check("dispatch", fn, DISPATCH)
 
 

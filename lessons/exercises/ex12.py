@@ -142,6 +142,7 @@ CONNECT_ANY = {
 
 
 def check_connect_any(fn):
+    """Check a connect_any() against every scenario above; print a line each, return the result."""
     return check("connect_any", fn, CONNECT_ANY)
 
 
@@ -237,6 +238,7 @@ BIND_UNIX = {
 
 
 def check_bind_unix(fn):
+    """Check a bind_unix() against every scenario above; print a line each, return the result."""
     return check("bind_unix", fn, BIND_UNIX)
 
 

@@ -19,6 +19,16 @@
 - :mod:`.aio`        asyncio servers on a running loop, in a thread, in the foreground (lesson 08)
 - :mod:`.fanout`     a chat room's fan-out and memory per idle member, measured from outside
 - :mod:`.compare`    server designs side by side: lines of code, threads, memory, a slow reader
+- :mod:`.states`     the kernel's table of TCP sockets and their states: a table, a timeline (09)
+- :mod:`.child`      a child process to pause, signal and kill, always reaped (09, 12)
+- :mod:`.endings`    each way a connection ends, acted out, with its TCP states (09)
+- :mod:`.shutdown`   waking a server blocked in accept(), recv() or select() (09)
+- :mod:`.jsonrpc`    JSON-RPC 2.0 over TCP, a line per message: server and client (10)
+- :mod:`.mq`         ZeroMQ's patterns (REQ/REP, PUB/SUB, PUSH/PULL) and what they drop (10)
+- :mod:`.relay`      a TCP relay that loses replies on purpose (10)
+- :mod:`.families`   IPv4, IPv6, dual stack, Unix paths: knocks, peers, --host/--unix (12)
+- :mod:`.unixpeers`  Unix-socket peers: a crashed server, another user, a socketpair child (12)
+- :mod:`.threaded`   a thread per client, at most so many at once: the skeleton of 09, 10, 12's servers
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running

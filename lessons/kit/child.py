@@ -7,7 +7,11 @@
 
 ``Child.run`` sends a function's *source* to ``python -c``, so the function must
 be self-contained (its imports inside it): what a notebook shows is exactly what
-runs. ``Child(argv)`` runs any ``python`` command line instead.
+runs. ``Child(argv)`` runs any ``python`` command line instead. ``isolated=True``
+runs it as ``python -I`` from ``/``: deaf to PYTHON* variables, the user's
+site-packages and this workbook, so it behaves the same for any user (even one
+who cannot read the workbook); ``pass_fds`` hands it open descriptors (one end
+of a socketpair, say).
 
 Leaving the block always ends the child: SIGCONT first (a stopped process cannot
 act on anything else), then SIGKILL, then a bounded wait. Unix only: Windows has
@@ -35,24 +39,29 @@ TIMEOUT = 5.0   # how long any wait on a child may take
 class Child:
     """A Python child process with its stdout read line by line, each read with a timeout."""
 
-    def __init__(self, argv: list[str], timeout: float = TIMEOUT):
+    def __init__(self, argv: list[str], timeout: float = TIMEOUT, isolated: bool = False,
+                 pass_fds: tuple = ()):
         self.timeout = timeout
-        self.proc = subprocess.Popen([sys.executable, "-u", *argv], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        flags = ["-I", "-u"] if isolated else ["-u"]
+        self.proc = subprocess.Popen([sys.executable, *flags, *argv], cwd="/" if isolated else ROOT,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, pass_fds=pass_fds)
         self._buffer = b""
         self._eof = False
 
     @classmethod
-    def run(cls, fn: Callable, *args, timeout: float = TIMEOUT) -> "Child":
+    def run(cls, fn: Callable, *args, timeout: float = TIMEOUT, **options) -> "Child":
         """Run ``fn(*args)`` in a child process; args must be literals (their repr is sent)."""
         code = f"{textwrap.dedent(inspect.getsource(fn))}\n{fn.__name__}(*{args!r})\n"
-        return cls(["-c", code], timeout=timeout)
+        return cls(["-c", code], timeout=timeout, **options)
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.proc.pid
 
     def alive(self) -> bool:
+        """Whether the child is still running."""
         return self.proc.poll() is None
 
     def line(self, timeout: Optional[float] = None) -> Optional[str]:
@@ -82,6 +91,7 @@ class Child:
         return line
 
     def signal(self, sig: int) -> None:
+        """Send the child a signal, if it is still running."""
         if self.alive():
             self.proc.send_signal(sig)
 
@@ -104,6 +114,7 @@ class Child:
             return True
 
     def resume(self) -> None:
+        """SIGCONT: a paused child runs again."""
         self.signal(signal.SIGCONT)
 
     def kill(self) -> int:

@@ -15,7 +15,9 @@ to the same lifecycle::
 - :func:`knock`             which loopback addresses reach a listener
 - :func:`address_kind`      loopback, private, link-local, public: what NAT does to it
 - :func:`exchange`          the echo client's half: send, half-close, read to EOF, on any socket
+- :func:`unix_echo`         the echo client over a Unix socket path
 - :func:`have_ipv6`         whether this machine has IPv6 loopback at all
+- :func:`unix_address`      a Unix socket path as bind() takes it; ``@name``: the abstract namespace
 - :func:`add_where_args`    ``--host`` (a name or an address) or ``--unix PATH``, and ``--port``
 """
 from __future__ import annotations
@@ -23,19 +25,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import signal
 import socket
 import sys
 import threading
-from typing import Callable, Optional
-
-from rich.text import Text
+from typing import Optional
 
 from .check import describe_error
 from .cli import describe_address, host_name, port_number, seconds
 from .server import JOIN_TIMEOUT
-from .transcript import (ACCEPT, CLIENT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SHUTDOWN, Event,
-                         Transcript)
+from .transcript import CLIENT, CLOSE, CONNECT, EOF, RECV, SEND, SHUTDOWN, Transcript
 
 INET = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 LOOPBACKS = ("127.0.0.1", "::1")
@@ -158,6 +156,19 @@ def exchange(sock: socket.socket, message: bytes, log: Optional[Transcript] = No
     return b"".join(chunks)
 
 
+def unix_echo(path, message: bytes, timeout: float = 5.0, log: Optional[Transcript] = None,
+              who: str = "client 1") -> bytes:
+    """:func:`.echo.echo` over a Unix socket: connect to a path (or b'\\0name'), not to (host, port)."""
+    log = log if log is not None else Transcript()
+    log.record(CLIENT, CONNECT, who)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        reply = exchange(sock, message, log, who)
+    log.record(CLIENT, CLOSE, who)
+    return reply
+
+
 # --- The command line: --host (a name or an address) or --unix PATH, and --port. ---
 
 def host_text(text: str) -> str:
@@ -177,6 +188,15 @@ def unix_path(text: str) -> str:
     if not text.strip("@") or "\0" in text:
         raise argparse.ArgumentTypeError(f"not a socket path: {text!r}")
     return text
+
+
+def unix_address(path: str):
+    """A path as bind() and connect() take it; '@name' is Linux's abstract namespace (b'\\0name')."""
+    if path.startswith("@"):
+        if not HAVE_ABSTRACT:
+            raise ValueError(NO_ABSTRACT)
+        return b"\0" + path[1:].encode()
+    return path
 
 
 def add_where_args(parser: argparse.ArgumentParser, port: int, serving: bool) -> None:
@@ -211,8 +231,9 @@ def why_not(exc: OSError, args: argparse.Namespace) -> str:
     """One line on why a socket call failed, in the terms of the command line."""
     if isinstance(exc, FileExistsError) and not exc.strerror:   # ours, from a stale-file check
         return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "no such socket file: is the server running?"
+    if isinstance(exc, FileNotFoundError):   # connect(): no file; bind(): no directory
+        return "no such socket file: is the server running?" if args.command == "client" else \
+            "no such directory"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nobody is listening" + (" (a stale socket file?)" if args.unix else "")
     if isinstance(exc, socket.gaierror):

@@ -34,11 +34,10 @@ import itertools
 import json
 import math
 import socket
-import threading
 from typing import Any, Optional
 
-from .server import JOIN_TIMEOUT, accept_until
-from .transcript import ACCEPT, CLOSE, EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
+from .threaded import serve_threads
+from .transcript import EOF, NOTE, RECV, SEND, SERVER, Transcript
 
 PARSE_ERROR = -32700       # the line is not JSON
 INVALID_REQUEST = -32600   # JSON, but not a request object
@@ -66,6 +65,7 @@ class RpcError(Exception):
         super().__init__(f"{code} {self.message}" + ("" if data is None else f": {data}"))
 
     def to_json(self) -> dict:
+        """The error member of a reply: code, message, and data if any."""
         error = {"code": self.code, "message": self.message}
         if self.data is not None:
             error["data"] = self.data
@@ -104,7 +104,10 @@ def parse(line: bytes) -> Any:
 
 def encode(message: Any) -> bytes:
     """One line of JSON, UTF-8, ending in a newline."""
-    return json.dumps(message, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    try:
+        return json.dumps(message, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:    # a lone surrogate ("\\ud800" is valid JSON, not valid UTF-8): escape it
+        return json.dumps(message, allow_nan=False).encode("ascii") + b"\n"
 
 
 def request(method: str, params=None, id: Any = NO_ID) -> dict:
@@ -120,6 +123,7 @@ def request(method: str, params=None, id: Any = NO_ID) -> dict:
 # --- The server's side: from a request to its reply ---
 
 def is_valid_id(value) -> bool:
+    """A string, a number or null: what the specification allows as an id."""
     return value is None or isinstance(value, str) or (
         isinstance(value, (int, float)) and not isinstance(value, bool))   # True is an int in Python
 
@@ -138,6 +142,7 @@ def request_problem(request: dict) -> Optional[str]:
 
 
 def error_reply(request_id, error: RpcError) -> dict:
+    """A reply that carries an error instead of a result."""
     return {"jsonrpc": "2.0", "error": error.to_json(), "id": request_id}
 
 
@@ -207,27 +212,20 @@ def describe(message) -> str:
     return "not a request"
 
 
-# --- The server: a thread per connection, a line at a time ---
+# --- The server: a thread per connection (kit.threaded), a line at a time ---
 
 def serve(listener: socket.socket, stop, log: Transcript, methods: dict,
           max_clients: int = MAX_CLIENTS, limit: int = MAX_LINE, idle_timeout: float = IDLE_TIMEOUT) -> None:
     """Answer JSON-RPC on every connection until stopped."""
-    threads: list[threading.Thread] = []
-    for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
-        who = f"client {number}"
-        threads = [t for t in threads if t.is_alive()]
-        if len(threads) >= max_clients:
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(1.0)
-                conn.sendall(encode(error_reply(None, RpcError(SERVER_BUSY, data="too many clients; try later"))))
-            continue
-        log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=serve_connection, name=who, daemon=True,
-                                  args=(conn, methods, log, who, limit, idle_timeout))
-        thread.start()
-        threads.append(thread)
-    for thread in threads:         # stopping shut every connection down, so each ends soon
-        thread.join(JOIN_TIMEOUT)
+    def busy(conn: socket.socket, log: Transcript, who: str) -> None:
+        with conn, contextlib.suppress(OSError):   # a fresh socket takes one short line at once
+            conn.settimeout(1.0)
+            conn.sendall(encode(error_reply(None, RpcError(SERVER_BUSY, data="too many clients; try later"))))
+
+    def one(conn: socket.socket, log: Transcript, who: str) -> None:
+        serve_connection(conn, methods, log, who, limit, idle_timeout)
+
+    serve_threads(listener, stop, log, one, max_clients=max_clients, refuse=busy)
 
 
 def serve_connection(conn: socket.socket, methods: dict, log: Transcript, who: str,
@@ -256,9 +254,6 @@ def serve_connection(conn: socket.socket, methods: dict, log: Transcript, who: s
                     _reply(conn, log, who, reply)
         except socket.timeout:
             log.record(SERVER, NOTE, who, detail=f"hung up: silent for {idle_timeout:g} s")
-        except OSError as exc:     # reset, broken pipe, stopped: this client's problem only
-            log.record(SERVER, ERROR, who, detail=type(exc).__name__)
-    log.record(SERVER, CLOSE, who)
 
 
 def _peek(line: bytes) -> str:
@@ -307,6 +302,7 @@ class RpcClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection."""
         self._lines.close()
         self.sock.close()
 

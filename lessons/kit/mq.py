@@ -107,7 +107,7 @@ def shouter(ready, stop, ctx: zmq.Context, endpoint: str = "tcp://127.0.0.1:*") 
     """REP: answer each request with the same message in capitals, frame by frame."""
     with open_socket(ctx, zmq.REP) as rep:
         ready(bind(rep, endpoint))
-        serve_each(rep, stop, lambda message: rep.send_multipart([frame.upper() for frame in message]))
+        serve_each(rep, stop, lambda frames: rep.send_multipart([f.upper() for f in frames]))
 
 
 def ask(ctx: zmq.Context, endpoint: str, *requests: bytes) -> list[bytes]:
@@ -165,6 +165,7 @@ class Member:
         return False
 
     def say(self, text: str) -> None:
+        """Post a line to our room."""
         self.posts.send_multipart([self.room, self.name, text.encode()])
 
     def hear(self) -> str:
@@ -175,6 +176,7 @@ class Member:
                 return f"{name.decode()}: {text.decode()}"
 
     def close(self) -> None:
+        """Close both sockets."""
         self.posts.close()
         self.feed.close()
 
@@ -187,7 +189,11 @@ def worker(ready, stop, ctx: zmq.Context, tasks: str, results: str, name: str) -
         inbox.connect(tasks)
         outbox.connect(results)
         ready(name)
-        serve_each(inbox, stop, lambda message: outbox.send_multipart([name.encode(), b"%d" % int(message[0]) ** 2]))
+
+        def square(task: list) -> None:
+            outbox.send_multipart([name.encode(), b"%d" % int(task[0]) ** 2])
+
+        serve_each(inbox, stop, square)
 
 
 def spread_work(ctx: zmq.Context, numbers: list[int], workers: int = 3) -> dict[str, list[int]]:

@@ -20,7 +20,8 @@ import socket
 import threading
 from typing import Iterator, Optional
 
-from .server import JOIN_TIMEOUT, POLL_INTERVAL, RunningServer, accept_until, running
+from .server import POLL_INTERVAL, BackgroundServer, running
+from .threaded import serve_threads
 from .transcript import NOTE, SERVER, Transcript
 
 TIMEOUT = 5.0
@@ -28,7 +29,7 @@ TIMEOUT = 5.0
 
 @contextlib.contextmanager
 def lossy_relay(target: tuple, lose: int = 1, hang_up: bool = False,
-                log: Optional[Transcript] = None) -> Iterator[RunningServer]:
+                log: Optional[Transcript] = None) -> Iterator[BackgroundServer]:
     """Relay connections to ``target``, losing every reply on the first ``lose`` of them."""
     budget = {"left": lose}
     lock = threading.Lock()
@@ -41,14 +42,9 @@ def lossy_relay(target: tuple, lose: int = 1, hang_up: bool = False,
             return False
 
     def serve(listener, stop, log):
-        threads = []
-        for number, (conn, _) in enumerate(accept_until(listener, stop), 1):
-            thread = threading.Thread(target=relay, args=(conn, stop, log, take(), f"connection {number}"),
-                                      name="relay", daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(JOIN_TIMEOUT)
+        def one(conn, log, who):
+            relay(conn, stop, log, take(), who)
+        serve_threads(listener, stop, log, one)
 
     def relay(client: socket.socket, stop, log: Transcript, losing: bool, who: str) -> None:
         with client, contextlib.suppress(OSError):

@@ -1,10 +1,11 @@
-"""The kernel's table of TCP sockets, for the lesson's own ports: each socket's state, as a table and a timeline.
+"""The kernel's table of TCP sockets on a lesson's own ports: their states, as a table or timeline.
 
     states = SocketStates()
-    states.name(listener, "server")          # by its address: every socket on that address is the server's
+    states.name(listener, "server")          # by its address: every socket on it is the server's
     states.name(client_sock, "client 1")
     states.snap("client closed", {"client 1 → server": "FIN_WAIT2",
-                                  "server → client 1": "CLOSE_WAIT", "server (listening)": "LISTEN"})
+                                  "server → client 1": "CLOSE_WAIT",
+                                  "server (listening)": "LISTEN"})
     print(states.table())                    # socket · state · owner, now
     print(states.timeline())                 # one row per snap, one column per socket
 
@@ -13,7 +14,7 @@ table as these shell commands (run them while a lesson's server listens on 9909)
 
     ss -tan 'sport = :9909 or dport = :9909'          # Linux
     netstat -an | grep 9909                           # Linux, macOS, Windows
-    lsof -nP -iTCP:9909                               # Linux, macOS: only sockets some process owns
+    lsof -nP -iTCP:9909                               # Linux, macOS: only sockets a process owns
 
 A socket in TIME_WAIT (and one in FIN_WAIT2 after close()) belongs to no process
 any more: the kernel keeps it alone. So the view reads the *system-wide* table
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import psutil
+from rich.table import Table
 
 POLL = 0.02          # seconds between two looks at the kernel's table
 SETTLE_TIMEOUT = 3.0
@@ -62,7 +64,8 @@ class Row:
 
     def record(self) -> dict:
         """The row as the exercise reads it: ports and state only."""
-        return {"local": self.local[1], "remote": self.remote[1] if self.remote else None, "state": self.state}
+        remote = self.remote[1] if self.remote else None
+        return {"local": self.local[1], "remote": remote, "state": self.state}
 
 
 class SocketStates:
@@ -98,15 +101,17 @@ class SocketStates:
         """(local, remote, state, pid) for every TCP socket this view can see."""
         if self.missing is None:
             try:
-                return [(c.laddr, c.raddr, c.status, c.pid) for c in psutil.net_connections(kind="tcp")]
+                table = psutil.net_connections(kind="tcp")
+                return [(c.laddr, c.raddr, c.status, c.pid) for c in table]
             except psutil.AccessDenied:
-                self.missing = ("this platform lists other processes' sockets only with privileges: "
-                                "sockets that belong to no process (TIME_WAIT, FIN_WAIT2 after close) are not shown")
+                self.missing = ("this platform lists other processes' sockets only with "
+                                "privileges: sockets that belong to no process (TIME_WAIT, "
+                                "FIN_WAIT2 after close) are not shown")
         found = []
         for pid in [os.getpid(), *self._processes]:
             try:
                 process = psutil.Process(pid)
-                read = getattr(process, "net_connections", None) or process.connections   # psutil < 6
+                read = getattr(process, "net_connections", None) or process.connections  # psutil<6
                 found += [(c.laddr, c.raddr, c.status, pid) for c in read(kind="tcp")]
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
@@ -122,7 +127,8 @@ class SocketStates:
             # connection (they last a minute) is not mistaken for one of ours.
             if local not in self._names or (remote is not None and remote not in self._names):
                 continue
-            rows.append(Row(self._label(local, remote, state), state, self._owner(pid), local, remote))
+            label = self._label(local, remote, state)
+            rows.append(Row(label, state, self._owner(pid), local, remote))
         return sorted(rows, key=lambda r: (r.label, r.state))
 
     def _label(self, local: tuple, remote: Optional[tuple], state: str) -> str:
@@ -153,7 +159,8 @@ class SocketStates:
             if self._matches(now, expected):
                 return rows
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"after {timeout:g} s the sockets are {now}, expected {expected}")
+                raise TimeoutError(f"after {timeout:g} s the sockets are {now}, "
+                                   f"expected {expected}")
             time.sleep(POLL)
 
     def _matches(self, now: dict, expected: dict) -> bool:
@@ -164,7 +171,8 @@ class SocketStates:
         return {label: state for label, state in now.items() if label in expected} == visible \
             and set(now) <= set(expected)
 
-    def snap(self, moment: str, expected: dict[str, str], timeout: float = SETTLE_TIMEOUT) -> list[Row]:
+    def snap(self, moment: str, expected: dict[str, str],
+             timeout: float = SETTLE_TIMEOUT) -> list[Row]:
         """Settle on ``expected``, then record it as one moment of the timeline."""
         rows = self.settle(expected, timeout)
         self.history.append((moment, {row.label: row.state for row in rows}))
@@ -174,8 +182,6 @@ class SocketStates:
 
     def table(self, title: str = "the kernel's table, now", rows: Optional[list[Row]] = None):
         """A rich Table: socket, state, owner."""
-        from rich.table import Table
-
         table = Table(title=title, title_justify="left", caption=self.missing)
         table.add_column("socket", style="cyan", no_wrap=True)
         table.add_column("TCP state", style="bold", no_wrap=True)
@@ -186,8 +192,6 @@ class SocketStates:
 
     def timeline(self, title: str = "socket states over time"):
         """A rich Table with one row per snap and one column per socket (— : not in the table)."""
-        from rich.table import Table
-
         labels: list[str] = []
         for _, states in self.history:
             labels += [label for label in states if label not in labels]

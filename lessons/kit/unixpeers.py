@@ -1,73 +1,64 @@
 """Other processes for lesson 12's Unix-socket experiments: a server that crashes,
 a client that runs as another user, and an echo child on an inherited socket.
 
-Each child is a few lines of Python run with ``python -I -c``: isolated from
-the environment and from this workbook, so that it behaves the same for every
-user, including one who cannot read the workbook's files. Unix only: they use
-``AF_UNIX``, ``SIGKILL``, ``pass_fds`` and user switching.
+Each child is a small self-contained function run by :class:`.child.Child`
+with ``isolated=True`` (``python -I``, from ``/``): deaf to the environment
+and to this workbook, so that it behaves the same for every user, including
+one who cannot read the workbook's files. Unix only: they use ``AF_UNIX``,
+``SIGKILL``, inherited descriptors and user switching.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import socket
-import subprocess
-import sys
 from typing import Optional
+
+from .child import Child
 
 CHILD_TIMEOUT = 10.0   # no child may outlive this, whatever goes wrong
 
-# A server that binds a path, says "ready", and waits to be killed.
-_SERVER = """
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sys.argv[1])
-s.listen()
-print("ready", flush=True)
-time.sleep(60)
-"""
 
-# A client that becomes another user if asked (argv[2:]: uid gid), connects to a path, and
-# prints what happened in the words of kit.check.describe_error. It drops privileges itself,
-# after starting as us: the interpreter may live where that other user cannot read.
-_CONNECT = """
-import errno, os, socket, sys
-path, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-if uid >= 0:
-    try:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError:
-        sys.exit(3)
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(5)
-try:
-    s.connect(path)
-except OSError as exc:
-    print(type(exc).__name__, "(%s)" % errno.errorcode.get(exc.errno, exc.errno))
-else:
-    print("connected")
-"""
-
-# Echo in capitals, on the socket whose descriptor number is argv[1], until EOF.
-_UPPER = """
-import socket, sys
-s = socket.socket(fileno=int(sys.argv[1]))
-s.settimeout(5)
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    s.sendall(data.upper())
-s.close()
-"""
+def bind_and_wait(path):
+    """A server that binds a path, says "ready", and waits to be killed."""
+    import socket   # imports inside: Child.run sends this function's source to a fresh Python
+    import time
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    print("ready", flush=True)
+    time.sleep(60)
 
 
-def _python(code: str, *args: str) -> list[str]:
-    # -I: ignore PYTHON* variables, the user's site-packages and the current directory.
-    return [sys.executable, "-I", "-c", code, *args]
+def connect_as_user(path, uid, gid):
+    """Become user uid (if uid >= 0), connect to path, print what happened (exit 3: cannot switch)."""
+    import errno    # imports inside: Child.run sends this function's source to a fresh Python
+    import os
+    import socket
+    import sys
+    if uid >= 0:   # after starting as us: the interpreter may live where that user cannot read
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError:
+            sys.exit(3)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        try:
+            client.connect(path)
+        except OSError as exc:   # in the words of kit.check.describe_error
+            print(type(exc).__name__, "(%s)" % errno.errorcode.get(exc.errno, exc.errno))
+        else:
+            print("connected")
+
+
+def upper_echo(fd):
+    """Echo in capitals on the inherited socket whose descriptor is fd, until EOF."""
+    import socket   # inside: Child.run sends this function's source to a fresh Python
+    with socket.socket(fileno=fd) as sock:
+        sock.settimeout(5)
+        while data := sock.recv(65536):
+            sock.sendall(data.upper())
 
 
 def crash_a_server(path: str) -> int:
@@ -77,19 +68,9 @@ def crash_a_server(path: str) -> int:
     behind: this is the "stale socket file" a restarted server trips over.
     Returns the child's exit status (minus the signal number: -9).
     """
-    proc = subprocess.Popen(_python(_SERVER, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd="/")
-    with proc:
-        try:
-            ready, _, _ = select.select([proc.stdout], [], [], CHILD_TIMEOUT)
-            line = proc.stdout.readline() if ready else ""
-            if line.strip() != "ready":
-                why = line if ready else "no word from it"
-                raise RuntimeError(f"the child server did not start: {why}")
-        finally:
-            proc.kill()                       # SIGKILL: no handler, no finally, no cleanup
-            proc.wait(CHILD_TIMEOUT)
-    return proc.returncode
+    with Child.run(bind_and_wait, path, timeout=CHILD_TIMEOUT, isolated=True) as child:
+        child.expect("ready")
+        return child.kill()            # SIGKILL: no handler, no finally, no cleanup
 
 
 def other_user() -> Optional[tuple[int, int]]:
@@ -115,13 +96,13 @@ def connect_as(path: str, user: Optional[tuple[int, int]] = None) -> str:
     Raises PermissionError if this process may not switch to that user.
     """
     uid, gid = user if user is not None else (-1, -1)
-    result = subprocess.run(_python(_CONNECT, path, str(uid), str(gid)), capture_output=True, text=True,
-                            timeout=CHILD_TIMEOUT, cwd="/")
-    if result.returncode == 3:
-        raise PermissionError(f"cannot become uid {uid} here")
-    if result.returncode != 0:
-        raise RuntimeError(f"the child client failed: {result.stderr.strip()}")
-    return result.stdout.strip()
+    with Child.run(connect_as_user, path, uid, gid, timeout=CHILD_TIMEOUT, isolated=True) as child:
+        lines, code = child.rest(), child.wait()
+        if code == 3:
+            raise PermissionError(f"cannot become uid {uid} here")
+        if code != 0 or not lines:
+            raise RuntimeError(f"the child client failed: {child.stderr().strip()}")
+    return lines[-1]
 
 
 def permission_experiment(directory: str, name: str = "perm.sock") -> Optional[dict[str, str]]:
@@ -159,28 +140,12 @@ def permission_experiment(directory: str, name: str = "perm.sock") -> Optional[d
     return outcome
 
 
-def upper_echo_child(sock: socket.socket) -> subprocess.Popen:
+def upper_echo_child(sock: socket.socket) -> Child:
     """Start a child process that echoes in capitals on ``sock`` (one end of a socketpair).
 
-    The child inherits the descriptor (``pass_fds``). Close your own copy of
-    ``sock`` after this call: while it is open, the pair stays open after the
-    child closes its copy, and your end never sees EOF.
+    The child inherits the descriptor. Close your own copy of ``sock`` after
+    this call: while it is open, the pair stays open after the child closes its
+    copy, and your end never sees EOF. Use the child in a ``with`` block.
     """
     fd = sock.fileno()
-    return subprocess.Popen(_python(_UPPER, str(fd)), pass_fds=[fd], cwd="/",
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-@contextlib.contextmanager
-def reaped(proc: subprocess.Popen):
-    """Wait for ``proc`` on the way out (kill it if it overstays); never leave a zombie."""
-    try:
-        yield proc
-    finally:
-        try:
-            proc.wait(CHILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    return Child.run(upper_echo, fd, timeout=CHILD_TIMEOUT, isolated=True, pass_fds=(fd,))
