@@ -318,7 +318,9 @@ def demo() -> int:
 
 def client(args) -> int:
     """``client 'hello'``: print the server's echo of the message."""
-    reply = echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
+    # surrogateescape: bytes the shell passed that are not UTF-8 go out as they came
+    reply = echo((args.host, args.port), args.message.encode("utf-8", "surrogateescape"),
+                 timeout=args.timeout)
     sys.stdout.write(reply.decode(errors="replace") + "\n")
     return 0
 

@@ -237,7 +237,9 @@ def demo() -> int:
 def client(args) -> int:
     """``client 'hello'``: print the echo, retrying over a lossy network."""
     try:
-        reply = ask((args.host, args.port), args.message.encode(), timeout=args.timeout, retries=args.retries)
+        # surrogateescape: bytes the shell passed that are not UTF-8 go out as they came
+        message = args.message.encode("utf-8", "surrogateescape")
+        reply = ask((args.host, args.port), message, timeout=args.timeout, retries=args.retries)
     except NoReply as exc:
         stderr.print(f"[red]{exc}: is an echo server on {args.host}:{args.port} (UDP)?[/]")
         return 1

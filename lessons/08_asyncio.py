@@ -456,7 +456,8 @@ def demo() -> int:
 def client(args) -> int:
     """Chat from a terminal or a pipe (lesson 03's client); with --echo, one asyncio echo."""
     if args.echo is not None:
-        reply = asyncio.run(echo_client((args.host, args.port), args.echo.encode(), args.timeout))
+        message = args.echo.encode("utf-8", "surrogateescape")   # argv bytes, as they came
+        reply = asyncio.run(echo_client((args.host, args.port), message, args.timeout))
         print(reply.decode("utf-8", errors="replace"))
         return 0
     console = Console(highlight=False)

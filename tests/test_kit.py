@@ -185,3 +185,64 @@ def test_equal_events_keep_their_own_place_in_arrival_order():
     assert ordered.index(events[6]) < max(i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV)
     second_reply = [i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV][1]
     assert second_reply > ordered.index(events[6])   # the reply comes after the server sent it
+
+
+# --- The command line's host names: anything a person may type gets one line, never a traceback ---
+
+@pytest.mark.parametrize("typed", ["a" * 300, "a..b", ".", "\udcff"])
+def test_a_host_name_the_resolver_cannot_even_encode_is_refused_in_one_line(typed):
+    import argparse
+    from lessons.kit.cli import host_name
+    with pytest.raises(argparse.ArgumentTypeError, match="not a host name or address") as refused:
+        host_name(typed)
+    assert len(str(refused.value)) < 80   # a 300-character name is not repeated in full
+
+
+def test_a_client_given_an_impossible_host_says_so_without_a_traceback():
+    from tests.conftest import run_module
+    result = run_module("lessons.02_echo", "client", "hi", "--host", "a" * 300, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "not a host name or address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_ipv6_address_in_brackets_as_serve_prints_it_is_accepted():
+    from lessons.kit.cli import describe_address, host_name
+    assert host_name("[::1]") == "::1"
+    assert host_name(describe_address(("::1", 9902)).rsplit(":", 1)[0]) == "::1"
+    assert host_name(" 127.0.0.1 ") == "127.0.0.1"
+
+
+# --- What a person types on the command line goes out as typed, even when it is not UTF-8 ---
+
+NOT_UTF8 = "caf\udce9"   # b"caf\xe9" (Latin-1 'café') as Python decodes it from argv
+
+
+@pytest.mark.parametrize("name, args", [("02_echo", []), ("05_select", []), ("08_asyncio", ["--echo"])])
+def test_an_echo_client_sends_argv_bytes_that_are_not_utf8_as_they_came(name, args):
+    from tests.conftest import lesson, run_module
+    serve = lesson("08_asyncio").serve_echo if name == "08_asyncio" else lesson("02_echo").serve
+    log = __import__("lessons.kit.transcript", fromlist=["Transcript"]).Transcript()
+    with running(serve, log=log) as server:
+        result = run_module(f"lessons.{name}", "client", *args, NOT_UTF8, "--port", str(server.port),
+                            timeout=20)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "caf\ufffd\n"
+    assert [e.nbytes for e in log.events() if e.kind == RECV] == [4]   # b"caf\xe9", not 5 bytes
+
+
+def test_the_udp_client_sends_argv_bytes_that_are_not_utf8_as_they_came():
+    from tests.conftest import lesson, run_module
+    with running(lesson("06_udp").serve, transport="udp") as server:
+        result = run_module("lessons.06_udp", "client", NOT_UTF8, "--port", str(server.port), timeout=20)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "caf\ufffd\n"
+
+
+def test_a_chat_name_from_argv_that_is_not_utf8_is_sent_and_judged_by_the_room():
+    from lessons.kit.lineclient import ChatClient
+    from tests.conftest import lesson, run_module
+    with running(lesson("03_chat").serve) as room, ChatClient(room.address, "watcher") as watcher:
+        result = run_module("lessons.03_chat", "client", "--name", NOT_UTF8, "--port", str(room.port),
+                            input="/quit\n", timeout=20)
+        assert watcher.next_line() == "* caf\ufffd joined"   # the room replaced the byte it could not read
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

@@ -57,11 +57,20 @@ def port_number(text: str) -> int:
 
 
 def host_name(text: str) -> str:
-    """A host name or address; never empty (an unset shell variable must not mean 'every interface')."""
-    if not text.strip():
+    """A host name or address; never empty (an unset shell variable must not mean 'every interface').
+    An IPv6 address may be in brackets, as ``listening on [::1]:9902`` shows it."""
+    host = text.strip()
+    if not host:
         raise argparse.ArgumentTypeError("empty host: give an address such as 127.0.0.1 "
                                          "(or 0.0.0.0 to listen on every interface)")
-    return text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:   # what getaddrinfo() does first: a part over 63 characters, '..', a byte that is not text
+        host.encode("idna")
+    except UnicodeError:
+        shown = host if len(host) <= 30 else host[:30] + "..."
+        raise argparse.ArgumentTypeError(f"not a host name or address: {shown!r}") from None
+    return host
 
 
 def seconds(minimum: float = 0.0, maximum: float = 3600.0, zero_means: Optional[str] = None):

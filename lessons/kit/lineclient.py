@@ -111,8 +111,9 @@ class LineClient:
     # --- the program's side ---
 
     def say(self, text: str) -> None:
-        """Send one line of text (a newline is added)."""
-        self.sock.sendall(text.encode("utf-8") + b"\n")
+        """Send one line of text (a newline is added). Text from argv that was not UTF-8
+        (surrogate escapes) goes out as the bytes it came as: the server judges it."""
+        self.sock.sendall(text.encode("utf-8", "surrogateescape") + b"\n")
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes exactly as given: half lines, invalid UTF-8, floods."""
