@@ -1,6 +1,7 @@
 """The shared kit: background servers stop, transcripts are deterministic, checks never hang."""
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -246,3 +247,26 @@ def test_a_chat_name_from_argv_that_is_not_utf8_is_sent_and_judged_by_the_room()
                             input="/quit\n", timeout=20)
         assert watcher.next_line() == "* caf\ufffd joined"   # the room replaced the byte it could not read
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+# --- The line client holds a bounded backlog: a server faster than its reader is slowed down ---
+
+def test_a_server_flooding_lines_fills_a_bounded_backlog_then_waits_and_nothing_is_lost():
+    from lessons.kit.lineclient import QUEUE_LIMIT, LineClient
+    line = b"%09d" + b"x" * 990 + b"\n"            # 1,000 bytes each
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        with LineClient(listener.getsockname(), timeout=2) as client:
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(1.0)            # it waits for the client at most this long
+                sent = 0
+                with contextlib.suppress(socket.timeout):
+                    for start in range(0, 100_000, 100):   # 100 MB offered, in batches of 100 lines
+                        server.sendall(b"".join(line % n for n in range(start, start + 100)))
+                        sent = start + 100
+                backlog = client.unread()
+                assert sent < 100_000                         # the server was made to wait...
+                assert sum(map(len, backlog)) <= QUEUE_LIMIT + len(line)   # ...and the client kept little
+                for n in range(sent):                          # every line is there, in order
+                    assert client.next_line()[:9] == "%09d" % n
