@@ -137,7 +137,8 @@ def serve(listener: socket.socket, stop, log: Transcript,
 
 def echo(address, message: bytes, timeout: float = 5.0,
          log: Transcript | None = None, who: str = "client 1") -> bytes:
-    """Send message, half-close, and return everything the server sends back.
+    """Send message, half-close, and return everything the server sends back (an echo is
+    never longer than the message: ConnectionError at the first byte more).
 
     The send runs in a helper thread while this thread reads. Sending all of a
     large message before reading any reply would deadlock: the server blocks
@@ -160,7 +161,7 @@ def echo(address, message: bytes, timeout: float = 5.0,
         log.record(CLIENT, SHUTDOWN, who)
         sender = threading.Thread(target=send_then_close, name="echo-sender", daemon=True)
         sender.start()
-        chunks = []
+        chunks, received = [], 0
         try:
             while True:
                 chunk = sock.recv(RECV_SIZE)
@@ -168,6 +169,10 @@ def echo(address, message: bytes, timeout: float = 5.0,
                     log.record(CLIENT, EOF, who)
                     break
                 log.record(CLIENT, RECV, who, len(chunk))
+                received += len(chunk)
+                if received > len(message):   # an echo is never longer: stop reading whatever this is
+                    raise ConnectionError(f"the server sent more than the {len(message):,} bytes sent:"
+                                          " not an echo")
                 chunks.append(chunk)
         finally:
             sender.join(timeout)

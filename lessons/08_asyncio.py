@@ -45,8 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lessons.kit import adversary
-from lessons.kit.aio import (AsyncChatClient, Serving, serve_in_foreground, serve_in_thread,
-                             within)
+from lessons.kit.aio import (AsyncChatClient, Serving, close_writer, serve_in_foreground,
+                             serve_in_thread, within)
 from lessons.kit.chat import (BYE, CROWDED, GREETING, IDLE_BYE, IDLE_TIMEOUT, LEFT, LEFT_IDLE,
                               LEFT_SLOW, MAX_LINE, NAMING_TIMEOUT, NAMING_TOO_SLOW, ROOM_FULL,
                               TAKEN, TOO_LONG, UNKNOWN, clean, encode, name_key, name_problem,
@@ -375,15 +375,24 @@ async def echo_client(address, message: bytes, timeout: float = 5.0) -> bytes:
         await writer.drain()
         writer.write_eof()   # "I have no more to say": the server reads EOF
 
+    async def receive() -> bytes:   # until EOF; never more than we sent, whatever the server is
+        reply = bytearray()
+        while chunk := await reader.read(RECV_SIZE):
+            reply += chunk
+            if len(reply) > len(message):
+                raise ConnectionError(f"the server sent more than the {len(message):,} bytes sent:"
+                                      " not an echo")
+        return bytes(reply)
+
     reader, writer = await within(timeout, asyncio.open_connection(*address[:2]))
+    sending = asyncio.ensure_future(send())
     try:
-        sending = asyncio.ensure_future(send())
-        reply = await within(timeout, reader.read())   # read() with no size: until EOF
+        reply = await within(timeout, receive())
         await sending
         return reply
     finally:
-        writer.close()
-        await writer.wait_closed()
+        sending.cancel()              # the reply went wrong while we were still sending
+        await close_writer(writer)    # (a server that reads nothing cannot hold us either)
 
 
 # --- The demo and the command line ---

@@ -270,3 +270,39 @@ def test_a_server_flooding_lines_fills_a_bounded_backlog_then_waits_and_nothing_
                 assert sum(map(len, backlog)) <= QUEUE_LIMIT + len(line)   # ...and the client kept little
                 for n in range(sent):                          # every line is there, in order
                     assert client.next_line()[:9] == "%09d" % n
+
+
+# --- An echo client stops at the first byte more than it sent: an endless stream is not an echo ---
+
+@contextlib.contextmanager
+def endless_server(seconds: float = 3.0):
+    """A server that sends without end (for at most ``seconds``), whatever it is sent."""
+    def serve(listener, stop, log):
+        from lessons.kit import accept_until
+        for conn, _ in accept_until(listener, stop, idle_timeout=1.0):
+            with conn, contextlib.suppress(OSError):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and not stop.is_set():
+                    conn.sendall(b"x" * 65536)
+
+    with running(serve) as server:
+        yield server.address
+
+
+def _asyncio_echo_client(address, message, timeout):
+    import asyncio
+    from tests.conftest import lesson
+    return asyncio.run(lesson("08_asyncio").echo_client(address, message, timeout))
+
+
+@pytest.mark.parametrize("client", ["lessons.kit.echo:echo", "lessons.02_echo:echo", "08 asyncio"])
+def test_an_echo_client_refuses_a_reply_longer_than_its_message(client):
+    import importlib
+    if client == "08 asyncio":
+        echo = _asyncio_echo_client
+    else:
+        module, name = client.split(":")
+        echo = getattr(importlib.import_module(module), name)
+    with endless_server() as address:   # (its first 64 KiB are already too many)
+        with pytest.raises(ConnectionError, match="more than the 5 bytes sent"):
+            echo(address, b"hello", timeout=2.0)
