@@ -100,6 +100,17 @@ BAD_NAMES = [
 ]
 
 
+def test_a_name_may_not_stack_accents_to_pass_for_another(served):
+    """UTS #39's checks on marks: the same accent twice on one letter draws as one (so
+    "a" + two acute accents passes for "á"), and a pile of them covers the lines around."""
+    with ChatClient(served.address, "\u00e1lice"), ChatClient(served.address) as second:
+        for name in ["a\u0301\u0301lice", "\u00e1\u0301lice", "z" + "\u0301\u0300\u0302\u0303\u0308"]:
+            second.say(name)
+            assert (name, second.next_line()) == (name, chat.NAME_MARKS)
+        second.say("vi\u1ec7t")               # ệ: two different marks on one letter, as Vietnamese writes
+        assert second.next_line() == chat.welcome("vi\u1ec7t")
+
+
 def test_invalid_names_are_refused_and_another_may_be_tried(served):
     with ChatClient(served.address) as c:
         for bad, problem in BAD_NAMES:         # the protocol lets a client try again and again
