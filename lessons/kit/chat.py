@@ -36,7 +36,7 @@ MAX_SEND = 8192          # bytes in any line the server sends, without its newli
 MAX_NAME = 32            # characters in a name
 MAX_MEMBERS = 500        # named members, at most
 MAX_WAITING = 50         # connections still choosing a name; beyond this the oldest is dropped
-RESERVED_FDS = 64        # descriptors kept for everything else the process opens
+RESERVED_FDS = 64        # descriptors kept for everything else the process opens (at most)
 IDLE_TIMEOUT = 300.0     # seconds a member may stay silent (an empty line counts as speaking)
 NAMING_TIMEOUT = 30.0    # seconds a new connection has to send a name
 
@@ -181,9 +181,10 @@ def who_line(names: Iterable[str], limit: int = MAX_SEND) -> str:
 
 def room_limits(descriptors: Optional[int]) -> tuple[int, int]:
     """(members, waiting) a room can hold with this many file descriptors (None: no limit):
-    one per connection, after RESERVED_FDS for everything else."""
+    one per connection, after a quarter of them, at most RESERVED_FDS, for everything else
+    (a room needs a handful of its own: with `ulimit -n 64`, 48 are left for people)."""
     if descriptors is None:
         return MAX_MEMBERS, MAX_WAITING
-    spare = max(2, descriptors - RESERVED_FDS)
+    spare = max(2, descriptors - min(RESERVED_FDS, descriptors // 4))
     waiting = max(1, min(MAX_WAITING, spare // 10))
     return max(1, min(MAX_MEMBERS, spare - waiting)), waiting
