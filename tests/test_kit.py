@@ -306,3 +306,33 @@ def test_an_echo_client_refuses_a_reply_longer_than_its_message(client):
     with endless_server() as address:   # (its first 64 KiB are already too many)
         with pytest.raises(ConnectionError, match="more than the 5 bytes sent"):
             echo(address, b"hello", timeout=2.0)
+
+
+# --- accept() errors that belong to one connection, not to the server (Linux's accept(2)) ---
+
+@pytest.mark.parametrize("name", ["ENETDOWN", "EPROTO", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                                  "EHOSTUNREACH", "ENETUNREACH", "EPERM"])
+def test_accept_until_goes_on_after_an_error_of_one_pending_connection(name):
+    import errno
+    from lessons.kit.server import Stopper, accept_until
+    if not hasattr(errno, name):
+        pytest.skip(f"no {name} here")
+
+    class Listener:   # accept() fails once as Linux may ("treat them like EAGAIN"), then serves
+        def __init__(self):
+            self.calls = 0
+
+        def settimeout(self, _):
+            pass
+
+        def accept(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(getattr(errno, name), name)
+            return socket.socket(), ("127.0.0.1", 1)
+
+    stop = Stopper()
+    arrivals = accept_until(Listener(), stop)
+    conn, _ = next(arrivals)          # the failure was skipped, the next client came
+    conn.close()
+    stop.set()
