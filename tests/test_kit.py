@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import socket
 import threading
 import time
@@ -336,3 +337,23 @@ def test_accept_until_goes_on_after_an_error_of_one_pending_connection(name):
     conn, _ = next(arrivals)          # the failure was skipped, the next client came
     conn.close()
     stop.set()
+
+
+# --- Ctrl-C pressed twice, or SIGTERM sent again, while a server stops: still exit 0 ---
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+@pytest.mark.parametrize("name, options", [("02_echo", ()), ("06_udp", ()), ("08_asyncio", ()),
+                                           ("08_asyncio", ("--echo",))])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_second_stop_signal_while_stopping_changes_nothing(name, options, sig):
+    from lessons.kit.processes import ServerProcess
+    with ServerProcess.lesson(name, *options) as served:
+        with adversary.connect(served.address) if name != "06_udp" else contextlib.nullcontext():
+            for _ in range(30):               # one to stop it, then more while it stops and exits
+                if not served.alive():
+                    break
+                served.proc.send_signal(getattr(signal, sig))
+                time.sleep(0.005)
+            code, err = served.stop(getattr(signal, sig))
+    assert code == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
