@@ -135,7 +135,8 @@ def serve(listener: socket.socket, stop, log: Transcript,
 
 def echo(address, message: bytes, timeout: float = 5.0,
          log: Transcript | None = None, who: str = "client 1") -> bytes:
-    """Send message, half-close, and return everything the server sends back.
+    """Send message, half-close, and return everything the server sends back (an echo is
+    never longer than the message: ConnectionError at the first byte more).
 
     The send runs in a helper thread while this thread reads. Sending all of a
     large message before reading any reply would deadlock: the server blocks
@@ -158,7 +159,7 @@ def echo(address, message: bytes, timeout: float = 5.0,
         log.record(CLIENT, SHUTDOWN, who)
         sender = threading.Thread(target=send_then_close, name="echo-sender", daemon=True)
         sender.start()
-        chunks = []
+        chunks, received = [], 0
         try:
             while True:
                 chunk = sock.recv(RECV_SIZE)
@@ -166,6 +167,10 @@ def echo(address, message: bytes, timeout: float = 5.0,
                     log.record(CLIENT, EOF, who)
                     break
                 log.record(CLIENT, RECV, who, len(chunk))
+                received += len(chunk)
+                if received > len(message):   # an echo is never longer: stop reading whatever this is
+                    raise ConnectionError(f"the server sent more than the {len(message):,} bytes sent:"
+                                          " not an echo")
                 chunks.append(chunk)
         finally:
             sender.join(timeout)
@@ -231,7 +236,9 @@ def demo() -> int:
 
 def client(args) -> int:
     """``client 'hello'``: print the server's echo of the message."""
-    reply = echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
+    # surrogateescape: bytes the shell passed that are not UTF-8 go out as they came
+    reply = echo((args.host, args.port), args.message.encode("utf-8", "surrogateescape"),
+                 timeout=args.timeout)
     sys.stdout.write(reply.decode(errors="replace") + "\n")
     return 0
 

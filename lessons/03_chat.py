@@ -41,9 +41,9 @@ from rich.text import Text
 
 # The character tables and the longer texts of the protocol: lessons/kit/chat.py.
 from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, CROWDED, FLAG, IDLE_BYE, LEFT, LEFT_IDLE,
-                              LEFT_SLOW, NAME_INVISIBLE, NAME_LENGTH, NAME_MIXED, NAMING_TOO_SLOW,
-                              SCRIPT_MIXES, SHOWS_NOTHING, encode, fit, room_limits, script_of,
-                              shows_safely, who_line)
+                              LEFT_SLOW, NAME_INVISIBLE, NAME_LENGTH, NAME_MARKS, NAME_MIXED,
+                              NAMING_TOO_SLOW, SCRIPT_MIXES, SHOWS_NOTHING, encode, fit,
+                              room_limits, script_of, shows_safely, stacks_marks, who_line)
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, serve_forever)
 from lessons.kit.lineclient import ChatClient, converse, show
@@ -143,6 +143,8 @@ def name_problem(name: str) -> str | None:
     scripts = {script_of(ch) for ch in unicodedata.normalize("NFKC", name)} - {None}
     if len(scripts) > 1 and not any(scripts <= mix for mix in SCRIPT_MIXES):
         return NAME_MIXED
+    if stacks_marks(name):
+        return NAME_MARKS
     return None
 
 

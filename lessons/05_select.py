@@ -439,7 +439,7 @@ def main(argv=None) -> int:
         serve_fn = functools.partial(serve_selectors, selector=args.selector,
                                      idle_timeout=args.idle_timeout or None)
         if args.fast:
-            serve_fn = serve_fast
+            serve_fn = functools.partial(serve_fast, idle_timeout=args.idle_timeout or None)
         return serve_forever(serve_fn, args, "05_select")
     if args.command == "client":
         return run_client(echo.client, args)

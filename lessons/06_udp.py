@@ -72,6 +72,7 @@ def serve(sock: socket.socket, stop, log: Transcript, loss: float = 0.0, reorder
     link = LossyLink(loss, reorder, seed)
     names = SenderNames()
     held = None                       # a reply held back, to go out after the next one
+    own_port, looped = sock.getsockname()[1], False
     sock.settimeout(POLL_INTERVAL)
     try:
         while not stop.is_set():
@@ -84,6 +85,11 @@ def serve(sock: socket.socket, stop, log: Transcript, loss: float = 0.0, reorder
                 continue
             except OSError as exc:    # e.g. Windows reports an earlier "port unreachable" here
                 log.record(SERVER, ERROR, detail=type(exc).__name__)
+                continue
+            if peer[1] == own_port:   # from itself, or another echo server on this port: a
+                if not looped:        # forged datagram that would bounce for ever. Said once.
+                    log.record(SERVER, NOTE, detail="ignored datagrams from our own port: echo loop")
+                looped = True
                 continue
             who = names.of(peer)
             log.record(SERVER, RECV, who, len(data))
@@ -237,7 +243,9 @@ def demo() -> int:
 def client(args) -> int:
     """``client 'hello'``: print the echo, retrying over a lossy network."""
     try:
-        reply = ask((args.host, args.port), args.message.encode(), timeout=args.timeout, retries=args.retries)
+        # surrogateescape: bytes the shell passed that are not UTF-8 go out as they came
+        message = args.message.encode("utf-8", "surrogateescape")
+        reply = ask((args.host, args.port), message, timeout=args.timeout, retries=args.retries)
     except NoReply as exc:
         stderr.print(f"[red]{exc}: is an echo server on {args.host}:{args.port} (UDP)?[/]")
         return 1

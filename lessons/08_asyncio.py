@@ -45,8 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lessons.kit import adversary
-from lessons.kit.aio import (AsyncChatClient, Serving, serve_in_foreground, serve_in_thread,
-                             within)
+from lessons.kit.aio import (AsyncChatClient, Serving, close_writer, serve_in_foreground,
+                             serve_in_thread, within)
 from lessons.kit.chat import (BYE, CROWDED, GREETING, IDLE_BYE, IDLE_TIMEOUT, LEFT, LEFT_IDLE,
                               LEFT_SLOW, MAX_LINE, NAMING_TIMEOUT, NAMING_TOO_SLOW, ROOM_FULL,
                               TAKEN, TOO_LONG, UNKNOWN, clean, encode, name_key, name_problem,
@@ -56,7 +56,7 @@ from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_clie
 from lessons.kit.lineclient import ChatClient, converse, show
 from lessons.kit.server import fd_limit, raise_fd_limit
 from lessons.kit.stream import LineTooLong
-from lessons.kit.transcript import EOF, NOTE, RECV, SEND, SERVER, Transcript
+from lessons.kit.transcript import EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
 
 TITLE = "asyncio: the chat room and the echo server in coroutines"
 RECV_SIZE = 65536
@@ -68,13 +68,18 @@ NAMING_GRACE = 1.0         # seconds a new connection has before it counts as cr
 # --- Echo (lesson 02's contract), with streams and with a Protocol ---
 
 async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str,
-                      log: Transcript) -> None:
-    """Echo one client until it half-closes: read, write, and drain before reading more."""
-    while data := await reader.read(RECV_SIZE):   # b'' at EOF, as recv() gives
-        log.record(SERVER, RECV, who, len(data))
-        log.record(SERVER, SEND, who, len(data))
-        writer.write(data)
-        await writer.drain()   # the client is not reading? wait here, and read no more
+                      log: Transcript, idle_timeout: Optional[float] = None) -> None:
+    """Echo one client until it half-closes: read, write, and drain before reading more.
+    A client that sends nothing, or takes nothing, for idle_timeout seconds is let go."""
+    try:
+        while data := await within(idle_timeout, reader.read(RECV_SIZE)):   # b'' at EOF
+            log.record(SERVER, RECV, who, len(data))
+            log.record(SERVER, SEND, who, len(data))
+            writer.write(data)
+            await within(idle_timeout, writer.drain())   # not reading? wait, and read no more
+    except TimeoutError:
+        log.record(SERVER, ERROR, who, detail=f"idle for {idle_timeout:g} s")
+        return
     log.record(SERVER, EOF, who)
 
 
@@ -339,9 +344,11 @@ async def start_room(listener: socket.socket, log: Transcript, *,
     return await Serving.streams(handler, listener, log, limit=READ_LIMIT)
 
 
-async def start_echo(listener: socket.socket, log: Transcript) -> Serving:
-    """Start the streams echo server on the running loop."""
-    return await Serving.streams(functools.partial(echo_stream, log=log), listener, log)
+async def start_echo(listener: socket.socket, log: Transcript,
+                     idle_timeout: Optional[float] = None) -> Serving:
+    """Start the streams echo server on the running loop (idle_timeout: see echo_stream)."""
+    handler = functools.partial(echo_stream, log=log, idle_timeout=idle_timeout or None)
+    return await Serving.streams(handler, listener, log)
 
 
 async def start_echo_protocol(listener: socket.socket, log: Transcript) -> Serving:
@@ -355,9 +362,9 @@ def serve(listener, stop, log, **options) -> None:
     serve_in_thread(functools.partial(start_room, **options), listener, stop, log)
 
 
-def serve_echo(listener, stop, log) -> None:
+def serve_echo(listener, stop, log, idle_timeout: Optional[float] = None) -> None:
     """The streams echo server, as serve(listener, stop, log)."""
-    serve_in_thread(start_echo, listener, stop, log)
+    serve_in_thread(functools.partial(start_echo, idle_timeout=idle_timeout), listener, stop, log)
 
 
 def serve_echo_protocol(listener, stop, log) -> None:
@@ -375,15 +382,24 @@ async def echo_client(address, message: bytes, timeout: float = 5.0) -> bytes:
         await writer.drain()
         writer.write_eof()   # "I have no more to say": the server reads EOF
 
+    async def receive() -> bytes:   # until EOF; never more than we sent, whatever the server is
+        reply = bytearray()
+        while chunk := await reader.read(RECV_SIZE):
+            reply += chunk
+            if len(reply) > len(message):
+                raise ConnectionError(f"the server sent more than the {len(message):,} bytes sent:"
+                                      " not an echo")
+        return bytes(reply)
+
     reader, writer = await within(timeout, asyncio.open_connection(*address[:2]))
+    sending = asyncio.ensure_future(send())
     try:
-        sending = asyncio.ensure_future(send())
-        reply = await within(timeout, reader.read())   # read() with no size: until EOF
+        reply = await within(timeout, receive())
         await sending
         return reply
     finally:
-        writer.close()
-        await writer.wait_closed()
+        sending.cancel()              # the reply went wrong while we were still sending
+        await close_writer(writer)    # (a server that reads nothing cannot hold us either)
 
 
 # --- The demo and the command line ---
@@ -456,7 +472,8 @@ def demo() -> int:
 def client(args) -> int:
     """Chat from a terminal or a pipe (lesson 03's client); with --echo, one asyncio echo."""
     if args.echo is not None:
-        reply = asyncio.run(echo_client((args.host, args.port), args.echo.encode(), args.timeout))
+        message = args.echo.encode("utf-8", "surrogateescape")   # argv bytes, as they came
+        reply = asyncio.run(echo_client((args.host, args.port), message, args.timeout))
         print(reply.decode("utf-8", errors="replace"))
         return 0
     console = Console(highlight=False)
@@ -474,7 +491,8 @@ def main(argv=None) -> int:
                            help="serve lesson 02's echo instead of the chat room")
     serve_cmd.add_argument("--idle-timeout", type=seconds(0, 86400, zero_means="never"),
                            default=IDLE_TIMEOUT, metavar="SECONDS",
-                           help="drop a member silent this long (default %(default)g; 0: never)")
+                           help="drop a member silent this long; with --echo, a client that "
+                                "sends or takes nothing this long (default %(default)g; 0: never)")
     serve_cmd.add_argument("--naming-timeout", type=seconds(0, 3600), default=NAMING_TIMEOUT,
                            metavar="SECONDS", help="drop a connection that gives no name within "
                                                    "this (default %(default)g)")
@@ -488,9 +506,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         raise_fd_limit()   # a socket is a file: the default 1,024 (macOS: 256) is few for a room
-        start = start_echo if args.echo else functools.partial(
-            start_room, idle_timeout=args.idle_timeout, naming_timeout=args.naming_timeout,
-            max_members=args.max_members)
+        start = functools.partial(start_echo, idle_timeout=args.idle_timeout) if args.echo \
+            else functools.partial(start_room, idle_timeout=args.idle_timeout,
+                                   naming_timeout=args.naming_timeout, max_members=args.max_members)
         return serve_in_foreground(start, args, quiet=args.quiet)
     if args.command == "client":
         return run_client(client, args)

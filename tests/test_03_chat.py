@@ -133,9 +133,10 @@ def test_every_line_sent_is_bounded():
 def test_the_room_holds_what_the_descriptors_allow(monkeypatch):
     members, waiting = protocol.room_limits(256)             # macOS's default limit
     assert members + waiting + protocol.RESERVED_FDS <= 256
-    monkeypatch.setattr(chat, "fd_limit", lambda: protocol.RESERVED_FDS + 6)   # room for 6
+    monkeypatch.setattr(chat, "fd_limit", lambda: 12)   # 3 kept, 1 waiting: room for 8
     with running(chat.serve) as server:
-        members, waiting = protocol.room_limits(protocol.RESERVED_FDS + 6)
+        members, waiting = protocol.room_limits(12)
+        assert (members, waiting) == (8, 1)
         clients = [ChatClient(server.address, f"p{i}") for i in range(members)]
         try:
             with ChatClient(server.address) as late:

@@ -218,11 +218,13 @@ def test_a_silent_client_is_let_go_and_an_active_one_stays(serve):
     assert [e.detail for e in log.events(SERVER) if e.kind == CLOSE and e.detail] == ["idle for 0.4 s"]
 
 
-def test_idle_timeout_from_the_command_line():
-    check_idle_timeout_from_the_command_line("05_select")
+@pytest.mark.parametrize("options", [(), ("--fast",)], ids=["default", "fast"])
+def test_idle_timeout_from_the_command_line(options):
+    check_idle_timeout_from_the_command_line("05_select", *options)
 
 
-@pytest.mark.parametrize("options", [(), ("--selector", "select")], ids=["default", "select"])
+@pytest.mark.parametrize("options", [(), ("--selector", "select"), ("--fast",)],
+                         ids=["default", "select", "fast"])
 def test_running_out_of_descriptors_pauses_accepting_and_recovers(options):
     check_out_of_descriptors("05_select", *options)
 

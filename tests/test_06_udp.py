@@ -150,3 +150,20 @@ def test_backoff_never_waits_longer_than_max_wait(monkeypatch):
             udp.request(sock, b"anyone?", timeout=0.01, retries=7)
     waited = float(str(raised.value).split("over ")[1].split(" s")[0])
     assert waited < 0.5                              # 0.01 + 7 * 0.02; uncapped, 0.01 * (2**8 - 1) = 2.55
+
+
+def test_a_datagram_from_its_own_port_is_not_echoed_so_no_loop_can_start():
+    """The classic UDP echo loop (CVE-1999-0103): a datagram forged to come from an echo
+    server's own port (here: sent by its own socket, to itself; or by a second echo server on
+    the same port) would be echoed back and forth for ever, at full speed."""
+    with running(udp.serve, transport="udp") as one:
+        one.listener.sendto(b"loop", one.address)                 # from its own address and port
+        with running(udp.serve, host="127.0.0.2", port=one.port, transport="udp") as two:
+            one.listener.sendto(b"ping-pong", two.address)        # two echo servers, one port
+            time.sleep(0.3)
+            assert udp.ask(one.address, b"still there?") == b"still there?"
+            assert udp.ask(two.address, b"and here?") == b"and here?"
+        echoed = [e for s in (one, two) for e in s.log.events(SERVER) if e.kind == "send"]
+    assert len(echoed) == 2   # the two asks, nothing else
+    ignored = [e.detail for s in (one, two) for e in s.log.events(SERVER) if e.kind == NOTE]
+    assert len(ignored) == 2 and all("own port" in note for note in ignored)

@@ -293,3 +293,8 @@ def test_code_lines_follow_the_entry_point_and_skip_what_is_shared(tmp_path):
                       'def unused():\n    return 2\n')
     assert compare.code_lines(module, "serve") == 6          # serve 2, helper 2, shared 2
     assert compare.code_lines(module, "serve", exclude=["shared"]) == 4
+
+
+def test_serve_echo_drops_a_silent_client_after_the_idle_timeout():
+    from tests.test_04_nonblocking import check_idle_timeout_from_the_command_line
+    check_idle_timeout_from_the_command_line("08_asyncio", "--echo")

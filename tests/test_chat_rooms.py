@@ -100,6 +100,17 @@ BAD_NAMES = [
 ]
 
 
+def test_a_name_may_not_stack_accents_to_pass_for_another(served):
+    """UTS #39's checks on marks: the same accent twice on one letter draws as one (so
+    "a" + two acute accents passes for "á"), and a pile of them covers the lines around."""
+    with ChatClient(served.address, "\u00e1lice"), ChatClient(served.address) as second:
+        for name in ["a\u0301\u0301lice", "\u00e1\u0301lice", "z" + "\u0301\u0300\u0302\u0303\u0308"]:
+            second.say(name)
+            assert (name, second.next_line()) == (name, chat.NAME_MARKS)
+        second.say("vi\u1ec7t")               # ệ: two different marks on one letter, as Vietnamese writes
+        assert second.next_line() == chat.welcome("vi\u1ec7t")
+
+
 def test_invalid_names_are_refused_and_another_may_be_tried(served):
     with ChatClient(served.address) as c:
         for bad, problem in BAD_NAMES:         # the protocol lets a client try again and again
@@ -393,3 +404,25 @@ def test_the_server_closing_ends_a_client_at_once(room):
         c = ChatClient(server.address, "alice")
     with c, pytest.raises(ConnectionClosed):
         c.next_line(timeout=5)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no RLIMIT_NOFILE on Windows")
+@pytest.mark.parametrize("name", ["03_chat", "08_asyncio"])
+def test_with_64_descriptors_the_room_holds_all_it_can_and_never_runs_out(name):
+    """`ulimit -n 64`: the room is sized by what the process really has left (a handful of
+    descriptors of its own), not one member; full, it says so, and accept() never fails."""
+    from lessons.kit.processes import ServerProcess
+    start = ("import resource, runpy, sys\n"
+             "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+             f"sys.argv = ['lessons.{name}', 'serve'] + sys.argv[1:]\n"
+             f"runpy.run_module('lessons.{name}', run_name='__main__')\n")
+    members, waiting = chat.room_limits(64)
+    assert members >= 32
+    with ServerProcess(["-c", start]) as served, contextlib.ExitStack() as stack:
+        for i in range(members):
+            person = stack.enter_context(ChatClient(served.address, f"p{i}"))
+            assert person.welcome == chat.welcome(f"p{i}")
+        with ChatClient(served.address) as late:
+            assert late.greeting == chat.ROOM_FULL
+        code, err = served.stop()
+    assert code == 0 and "out of file descriptors" not in err and "Traceback" not in err

@@ -92,3 +92,29 @@ def test_every_process_server_in_the_list_starts_and_echoes():
     for entry in echo_servers():
         with entry.start() as server:
             assert echo(server.address, entry.name.encode()) == entry.name.encode(), entry.name
+
+
+# Every server a person can start with `serve --idle-timeout` lets go of a client that sends
+# nothing, or takes nothing, for that long: else a few thousand of them hold every descriptor
+# (and, for one that never reads, its echo in the server's memory) for good.
+IDLE_TIMEOUT_SERVERS = [name for name, s in SERVERS.items()
+                        if s.lesson in ("02_echo", "04_nonblocking", "05_select")
+                        or s.function == "serve_echo"]
+
+
+@pytest.mark.parametrize("name", IDLE_TIMEOUT_SERVERS)
+def test_a_silent_client_and_one_that_never_reads_are_let_go_after_the_idle_timeout(name):
+    from lessons.kit.transcript import CLOSE, SERVER, Transcript
+    log = Transcript()
+    with running(functools.partial(serve_function(name), idle_timeout=0.3), log=log) as server:
+        with adversary.connect(server.address) as silent:
+            assert silent.recv(1) == b""                         # let go (recv waits at most 5 s)
+        with adversary.connect(server.address) as hog:
+            hog.setblocking(False)
+            try:
+                while True:                                      # until the buffers are full
+                    hog.send(b"h" * MIB)
+            except BlockingIOError:
+                pass
+            assert log.wait_for_event(SERVER, CLOSE, count=2, timeout=5.0)
+            assert echo(server.address, b"next", timeout=2) == b"next"

@@ -1,7 +1,9 @@
 """The shared kit: background servers stop, transcripts are deterministic, checks never hang."""
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
 import socket
 import threading
 import time
@@ -185,3 +187,173 @@ def test_equal_events_keep_their_own_place_in_arrival_order():
     assert ordered.index(events[6]) < max(i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV)
     second_reply = [i for i, e in enumerate(ordered) if e.side == CLIENT and e.kind == RECV][1]
     assert second_reply > ordered.index(events[6])   # the reply comes after the server sent it
+
+
+# --- The command line's host names: anything a person may type gets one line, never a traceback ---
+
+@pytest.mark.parametrize("typed", ["a" * 300, "a..b", ".", "\udcff"])
+def test_a_host_name_the_resolver_cannot_even_encode_is_refused_in_one_line(typed):
+    import argparse
+    from lessons.kit.cli import host_name
+    with pytest.raises(argparse.ArgumentTypeError, match="not a host name or address") as refused:
+        host_name(typed)
+    assert len(str(refused.value)) < 80   # a 300-character name is not repeated in full
+
+
+def test_a_client_given_an_impossible_host_says_so_without_a_traceback():
+    from tests.conftest import run_module
+    result = run_module("lessons.02_echo", "client", "hi", "--host", "a" * 300, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "not a host name or address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_ipv6_address_in_brackets_as_serve_prints_it_is_accepted():
+    from lessons.kit.cli import describe_address, host_name
+    assert host_name("[::1]") == "::1"
+    assert host_name(describe_address(("::1", 9902)).rsplit(":", 1)[0]) == "::1"
+    assert host_name(" 127.0.0.1 ") == "127.0.0.1"
+
+
+# --- What a person types on the command line goes out as typed, even when it is not UTF-8 ---
+
+NOT_UTF8 = "caf\udce9"   # b"caf\xe9" (Latin-1 'café') as Python decodes it from argv
+
+
+@pytest.mark.parametrize("name, args", [("02_echo", []), ("05_select", []), ("08_asyncio", ["--echo"])])
+def test_an_echo_client_sends_argv_bytes_that_are_not_utf8_as_they_came(name, args):
+    from tests.conftest import lesson, run_module
+    serve = lesson("08_asyncio").serve_echo if name == "08_asyncio" else lesson("02_echo").serve
+    log = __import__("lessons.kit.transcript", fromlist=["Transcript"]).Transcript()
+    with running(serve, log=log) as server:
+        result = run_module(f"lessons.{name}", "client", *args, NOT_UTF8, "--port", str(server.port),
+                            timeout=20)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "caf\ufffd\n"
+    assert [e.nbytes for e in log.events() if e.kind == RECV] == [4]   # b"caf\xe9", not 5 bytes
+
+
+def test_the_udp_client_sends_argv_bytes_that_are_not_utf8_as_they_came():
+    from tests.conftest import lesson, run_module
+    with running(lesson("06_udp").serve, transport="udp") as server:
+        result = run_module("lessons.06_udp", "client", NOT_UTF8, "--port", str(server.port), timeout=20)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "caf\ufffd\n"
+
+
+def test_a_chat_name_from_argv_that_is_not_utf8_is_sent_and_judged_by_the_room():
+    from lessons.kit.lineclient import ChatClient
+    from tests.conftest import lesson, run_module
+    with running(lesson("03_chat").serve) as room, ChatClient(room.address, "watcher") as watcher:
+        result = run_module("lessons.03_chat", "client", "--name", NOT_UTF8, "--port", str(room.port),
+                            input="/quit\n", timeout=20)
+        assert watcher.next_line() == "* caf\ufffd joined"   # the room replaced the byte it could not read
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+# --- The line client holds a bounded backlog: a server faster than its reader is slowed down ---
+
+def test_a_server_flooding_lines_fills_a_bounded_backlog_then_waits_and_nothing_is_lost():
+    from lessons.kit.lineclient import QUEUE_LIMIT, LineClient
+    line = b"%09d" + b"x" * 990 + b"\n"            # 1,000 bytes each
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        with LineClient(listener.getsockname(), timeout=2) as client:
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(1.0)            # it waits for the client at most this long
+                sent = 0
+                with contextlib.suppress(socket.timeout):
+                    for start in range(0, 100_000, 100):   # 100 MB offered, in batches of 100 lines
+                        server.sendall(b"".join(line % n for n in range(start, start + 100)))
+                        sent = start + 100
+                backlog = client.unread()
+                assert sent < 100_000                         # the server was made to wait...
+                assert sum(map(len, backlog)) <= QUEUE_LIMIT + len(line)   # ...and the client kept little
+                for n in range(sent):                          # every line is there, in order
+                    assert client.next_line()[:9] == "%09d" % n
+
+
+# --- An echo client stops at the first byte more than it sent: an endless stream is not an echo ---
+
+@contextlib.contextmanager
+def endless_server(seconds: float = 3.0):
+    """A server that sends without end (for at most ``seconds``), whatever it is sent."""
+    def serve(listener, stop, log):
+        from lessons.kit import accept_until
+        for conn, _ in accept_until(listener, stop, idle_timeout=1.0):
+            with conn, contextlib.suppress(OSError):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and not stop.is_set():
+                    conn.sendall(b"x" * 65536)
+
+    with running(serve) as server:
+        yield server.address
+
+
+def _asyncio_echo_client(address, message, timeout):
+    import asyncio
+    from tests.conftest import lesson
+    return asyncio.run(lesson("08_asyncio").echo_client(address, message, timeout))
+
+
+@pytest.mark.parametrize("client", ["lessons.kit.echo:echo", "lessons.02_echo:echo", "08 asyncio"])
+def test_an_echo_client_refuses_a_reply_longer_than_its_message(client):
+    import importlib
+    if client == "08 asyncio":
+        echo = _asyncio_echo_client
+    else:
+        module, name = client.split(":")
+        echo = getattr(importlib.import_module(module), name)
+    with endless_server() as address:   # (its first 64 KiB are already too many)
+        with pytest.raises(ConnectionError, match="more than the 5 bytes sent"):
+            echo(address, b"hello", timeout=2.0)
+
+
+# --- accept() errors that belong to one connection, not to the server (Linux's accept(2)) ---
+
+@pytest.mark.parametrize("name", ["ENETDOWN", "EPROTO", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                                  "EHOSTUNREACH", "ENETUNREACH", "EPERM"])
+def test_accept_until_goes_on_after_an_error_of_one_pending_connection(name):
+    import errno
+    from lessons.kit.server import Stopper, accept_until
+    if not hasattr(errno, name):
+        pytest.skip(f"no {name} here")
+
+    class Listener:   # accept() fails once as Linux may ("treat them like EAGAIN"), then serves
+        def __init__(self):
+            self.calls = 0
+
+        def settimeout(self, _):
+            pass
+
+        def accept(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError(getattr(errno, name), name)
+            return socket.socket(), ("127.0.0.1", 1)
+
+    stop = Stopper()
+    arrivals = accept_until(Listener(), stop)
+    conn, _ = next(arrivals)          # the failure was skipped, the next client came
+    conn.close()
+    stop.set()
+
+
+# --- Ctrl-C pressed twice, or SIGTERM sent again, while a server stops: still exit 0 ---
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+@pytest.mark.parametrize("name, options", [("02_echo", ()), ("06_udp", ()), ("08_asyncio", ()),
+                                           ("08_asyncio", ("--echo",))])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_second_stop_signal_while_stopping_changes_nothing(name, options, sig):
+    from lessons.kit.processes import ServerProcess
+    with ServerProcess.lesson(name, *options) as served:
+        with adversary.connect(served.address) if name != "06_udp" else contextlib.nullcontext():
+            for _ in range(30):               # one to stop it, then more while it stops and exits
+                if not served.alive():
+                    break
+                served.proc.send_signal(getattr(signal, sig))
+                time.sleep(0.005)
+            code, err = served.stop(getattr(signal, sig))
+    assert code == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

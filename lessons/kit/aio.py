@@ -17,6 +17,7 @@ and closes its connection however it ends: returned, failed, or cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from typing import Awaitable, Callable, Optional
 
 from rich.text import Text
 
-from .cli import describe_address, stderr
+from .cli import STOP_SIGNALS, describe_address, ignore_stop_signals, stderr
 from .server import (ACCEPT_BACKOFF, CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors,
                      Stopper, listen)
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Event, Transcript
@@ -295,8 +296,13 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
     def announce(serving: Serving) -> None:
         print(f"listening on {describe_address(serving.address, listener.family)}", flush=True)
 
+    async def serve_then_stay_stopped() -> Serving:
+        serving = await until_signalled(start, listener, log, announce)
+        stay_stopped(asyncio.get_running_loop())
+        return serving
+
     try:
-        serving = asyncio.run(until_signalled(start, listener, log, announce))
+        serving = asyncio.run(serve_then_stay_stopped())
     finally:
         listener.close()
     if serving.failure() is not None:
@@ -306,6 +312,25 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
     stderr.print(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
                       style="dim"))
     return 0
+
+
+def stay_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """Stopped, the process is on its way out: from here to its exit a second Ctrl-C or
+    SIGTERM changes nothing (``kit.cli.ignore_stop_signals``). The loop's handlers go first,
+    while the loop runs: closing, it closes its wake-up pipe before it lets go of them, and
+    a signal in between is written to a closed descriptor. The signals wait (blocked) while
+    the handlers change hands."""
+    hold = getattr(signal, "pthread_sigmask", None)
+    if hold is not None:
+        hold(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        ignore_stop_signals()
+    finally:
+        if hold is not None:
+            hold(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _log_live(event: Event) -> None:

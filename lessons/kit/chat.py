@@ -36,7 +36,7 @@ MAX_SEND = 8192          # bytes in any line the server sends, without its newli
 MAX_NAME = 32            # characters in a name
 MAX_MEMBERS = 500        # named members, at most
 MAX_WAITING = 50         # connections still choosing a name; beyond this the oldest is dropped
-RESERVED_FDS = 64        # descriptors kept for everything else the process opens
+RESERVED_FDS = 64        # descriptors kept for everything else the process opens (at most)
 IDLE_TIMEOUT = 300.0     # seconds a member may stay silent (an empty line counts as speaking)
 NAMING_TIMEOUT = 30.0    # seconds a new connection has to send a name
 
@@ -46,6 +46,7 @@ TAKEN = "! that name is taken; try another"
 NAME_LENGTH = f"! a name has 1 to {MAX_NAME} characters; try again"
 NAME_INVISIBLE = "! a name has no spaces or invisible characters; try again"
 NAME_MIXED = "! a name may not mix alphabets (such as Latin and Cyrillic); try again"
+NAME_MARKS = "! a name may not pile accents on a letter, or repeat one; try again"
 UNKNOWN = "! unknown command"
 BYE = "* bye"
 TOO_LONG = "! line too long"
@@ -127,6 +128,20 @@ def script_of(ch: str) -> str | None:
     return _SCRIPT_WORDS.get(first, first)
 
 
+def stacks_marks(name: str) -> bool:
+    """Whether a letter carries the same mark twice (drawn on top of each other, "a" with
+    two acute accents looks like "á") or more than four: UTS #39's checks, on the NFD form."""
+    run: list[str] = []
+    for ch in unicodedata.normalize("NFD", name):
+        if unicodedata.category(ch) not in ("Mn", "Me"):
+            run = []
+        elif ch in run or len(run) == 4:
+            return True
+        else:
+            run.append(ch)
+    return False
+
+
 def name_key(name: str) -> str:
     """What two names are compared by: NFKC, case folded, NFKC again (ＡＬＩＣＥ is alice)."""
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
@@ -142,6 +157,8 @@ def name_problem(name: str) -> str | None:
     scripts = {script_of(ch) for ch in unicodedata.normalize("NFKC", name)} - {None}
     if len(scripts) > 1 and not any(scripts <= mix for mix in SCRIPT_MIXES):
         return NAME_MIXED
+    if stacks_marks(name):
+        return NAME_MARKS
     return None
 
 
@@ -164,9 +181,10 @@ def who_line(names: Iterable[str], limit: int = MAX_SEND) -> str:
 
 def room_limits(descriptors: Optional[int]) -> tuple[int, int]:
     """(members, waiting) a room can hold with this many file descriptors (None: no limit):
-    one per connection, after RESERVED_FDS for everything else."""
+    one per connection, after a quarter of them, at most RESERVED_FDS, for everything else
+    (a room needs a handful of its own: with `ulimit -n 64`, 48 are left for people)."""
     if descriptors is None:
         return MAX_MEMBERS, MAX_WAITING
-    spare = max(2, descriptors - RESERVED_FDS)
+    spare = max(2, descriptors - min(RESERVED_FDS, descriptors // 4))
     waiting = max(1, min(MAX_WAITING, spare // 10))
     return max(1, min(MAX_MEMBERS, spare - waiting)), waiting

@@ -42,6 +42,8 @@ DEFAULT_HOST = "127.0.0.1"
 # (and nothing else a script might have to parse).
 stderr = Console(stderr=True, highlight=False)
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C, and what kill, timeout and CI send
+
 
 # --- Argument types: each refuses nonsense with a one-line message. ---
 
@@ -57,11 +59,20 @@ def port_number(text: str) -> int:
 
 
 def host_name(text: str) -> str:
-    """A host name or address; never empty (an unset shell variable must not mean 'every interface')."""
-    if not text.strip():
+    """A host name or address; never empty (an unset shell variable must not mean 'every interface').
+    An IPv6 address may be in brackets, as ``listening on [::1]:9902`` shows it."""
+    host = text.strip()
+    if not host:
         raise argparse.ArgumentTypeError("empty host: give an address such as 127.0.0.1 "
                                          "(or 0.0.0.0 to listen on every interface)")
-    return text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:   # what getaddrinfo() does first: a part over 63 characters, '..', a byte that is not text
+        host.encode("idna")
+    except UnicodeError:
+        shown = host if len(host) <= 30 else host[:30] + "..."
+        raise argparse.ArgumentTypeError(f"not a host name or address: {shown!r}") from None
+    return host
 
 
 def seconds(minimum: float = 0.0, maximum: float = 3600.0, zero_means: Optional[str] = None):
@@ -152,10 +163,16 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     log = Transcript(maxlen=1000, live=None if quiet else _log_live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
     server = BackgroundServer(serve, listener, log, name, transport)
+    signalled = []
+
+    def stop(signum, frame) -> None:
+        signalled.append(signum)
+        ignore_stop_signals()          # asked once: Ctrl-C twice must not end it half-way
+        server.stop.set()
+
     # The server runs in its own thread so that this main thread is free to take
     # signals at any moment, whatever the server is blocked on.
-    previous = {sig: signal.signal(sig, lambda signum, frame: server.stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         print(f"listening on {describe_address(server.address, listener.family)}", flush=True)
         server.start()
@@ -163,13 +180,23 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
             pass
         server.shutdown(reraise=False)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not signalled:              # it ended on its own (it failed): put back what was there
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if server.errors:
         stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
         return 1
     stderr.print("[dim]stopped[/]")
     return 0
+
+
+def ignore_stop_signals() -> None:
+    """Once a server has been asked to stop, the process is on its way out: ignore a second
+    Ctrl-C or SIGTERM from here to its exit (the kernel drops them: SIG_IGN, unlike a Python
+    handler, outlasts the interpreter's shutdown), or it could end half-way through closing,
+    with a KeyboardInterrupt or a status of -15 instead of 0."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_client(client: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

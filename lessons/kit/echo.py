@@ -32,7 +32,8 @@ def handle(conn: socket.socket, log: Transcript, who: str) -> None:
 
 def echo(address, message: bytes, timeout: float = 5.0,
          log: Transcript | None = None, who: str = "client 1") -> bytes:
-    """Send message, half-close, and return everything the server sends back.
+    """Send message, half-close, and return everything the server sends back (an echo is
+    never longer than the message: ConnectionError at the first byte more).
 
     The send runs in a helper thread while this thread reads: sending all of a
     large message before reading any reply would deadlock against an echo
@@ -54,7 +55,7 @@ def echo(address, message: bytes, timeout: float = 5.0,
         log.record(CLIENT, SHUTDOWN, who)
         sender = threading.Thread(target=send_then_close, name="echo-sender", daemon=True)
         sender.start()
-        chunks = []
+        chunks, received = [], 0
         try:
             while True:
                 chunk = sock.recv(RECV_SIZE)
@@ -62,6 +63,10 @@ def echo(address, message: bytes, timeout: float = 5.0,
                     log.record(CLIENT, EOF, who)
                     break
                 log.record(CLIENT, RECV, who, len(chunk))
+                received += len(chunk)
+                if received > len(message):   # an echo is never longer: stop reading whatever this is
+                    raise ConnectionError(f"the server sent more than the {len(message):,} bytes sent:"
+                                          " not an echo")
                 chunks.append(chunk)
         finally:
             sender.join(timeout)
@@ -78,6 +83,8 @@ def add_client_args(parser) -> None:
 
 def client(args) -> int:
     """``client 'hello'``: print the server's echo of the message."""
-    reply = echo((args.host, args.port), args.message.encode(), timeout=args.timeout)
+    # surrogateescape: bytes the shell passed that are not UTF-8 go out as they came
+    reply = echo((args.host, args.port), args.message.encode("utf-8", "surrogateescape"),
+                 timeout=args.timeout)
     sys.stdout.write(reply.decode(errors="replace") + "\n")
     return 0

@@ -36,7 +36,7 @@ each bought):
    event mask alone telling the common case apart (see ``serve_epoll``).
 
 What is left per message: two system calls, a share of one ``epoll_wait``,
-about 40 bytecodes, and, in C, the GIL released and taken back around each
+about 45 bytecodes, and, in C, the GIL released and taken back around each
 system call, a tuple per event, and the 64 KiB that ``os.read`` allocates and
 shrinks. Most of the time of an echo on loopback is now the kernel's.
 
@@ -45,6 +45,12 @@ shrinks. Most of the time of an echo on loopback is now the kernel's.
    about a quarter less Python-side work, the same kernel work, and one more
    invariant to keep (see its docstring).
 
+An idle timeout (``idle_timeout``, as lesson 05's ``--idle-timeout``) costs
+one store per event, of a small integer in a list (no clock read): the number
+of the last look for quiet clients, which runs between bursts of events, a
+few times per timeout. A client is let go once it has had no event for that
+many looks: after the timeout, and at most about half as long again later.
+
 Where ``select.epoll`` is missing (macOS, Windows) the same loop runs on
 ``selectors.DefaultSelector`` (kqueue, poll or select): slower, same contract.
 """
@@ -52,41 +58,55 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
+import math
 import os
 import select
 import selectors
 import socket
+import time
+from typing import Optional
 
-from .server import POLL_INTERVAL, raise_fd_limit
+from .server import CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors, raise_fd_limit
 from .transcript import ACCEPT, CLOSE, EOF, ERROR, SERVER, Transcript
 
 RECV_SIZE = 65536      # ask for a lot: a read returns what has arrived, up to this
 MAX_EVENTS = 64        # events taken per epoll_wait: the buffer for them is allocated on each call
 BETWEEN_STOP_CHECKS = range(16)   # wake-ups between two looks at the stop flag, when busy
-OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)   # accept() may fail so
+SWEEP_EVERY = 1.0      # seconds between two looks for idle clients (at most)
 
 
-def serve(listener: socket.socket, stop, log: Transcript) -> None:
-    """Echo every client on one thread, with epoll where the platform has it."""
+def serve(listener: socket.socket, stop, log: Transcript, idle_timeout: Optional[float] = None) -> None:
+    """Echo every client on one thread, with epoll where the platform has it. A client that
+    sends nothing, or takes nothing, for ``idle_timeout`` seconds (None: never) is let go."""
     if hasattr(select, "epoll"):
-        serve_epoll(listener, stop, log)
+        serve_epoll(listener, stop, log, idle_timeout)
     else:
-        serve_portable(listener, stop, log)
+        serve_portable(listener, stop, log, idle_timeout)
 
 
 class Clients:
-    """Everything but the common event, shared by both loops: accept, flush, close."""
+    """Everything but the common event, shared by the loops: accept, flush, close, and the
+    slower chores (letting idle clients go, accepting again after a shortage of descriptors)."""
 
-    def __init__(self, listener: socket.socket, log: Transcript, poller, IN: int, OUT: int, LISTENER: int):
+    def __init__(self, listener: socket.socket, log: Transcript, poller, IN: int, OUT: int, LISTENER: int,
+                 idle_timeout: Optional[float] = None):
         self.listener, self.log = listener, log
         self.poller = poller                           # epoll or a selector: same three methods
         self.IN, self.OUT, self.LISTENER = IN, OUT, LISTENER   # what to watch clients and listener for
         self.socks: dict[int, socket.socket] = {}      # fd -> the socket that owns it
         self.names: dict[int, str] = {}                # fd -> "client N", for the transcript
         self.pending: dict[int, bytes] = {}            # fd -> echo not yet sent
+        # heard[fd]: the tick of that descriptor's last event. The loops set it, one store per
+        # event into a list indexed by descriptor (cheaper than a dict); chores() counts ticks
+        # (looks for quiet clients) and lets go of the quiet ones.
+        self.heard: list[int] = [0] * (listener.fileno() + 1)
+        self.tick = 0
+        self.idle_timeout = idle_timeout or None
+        self.sweep_every = min(SWEEP_EVERY, self.idle_timeout / 4) if self.idle_timeout else SWEEP_EVERY
+        self.next_sweep = time.monotonic() + self.sweep_every
         self.accepted = 0
         self.paused = False                            # out of descriptors: listener not watched
+        self.shortage = OutOfDescriptors(log)          # says so once, and when it is over
 
     def accept_all(self) -> None:
         """Take every client waiting in the backlog: under load many arrive at once."""
@@ -95,23 +115,26 @@ class Clients:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except ConnectionAbortedError:             # it reset before we got to it
-                continue
             except OSError as exc:
-                if exc.errno not in OUT_OF_FILES:
+                if exc.errno in CLIENT_GAVE_UP:         # it reset before we got to it
+                    continue
+                if not self.shortage.failed(exc):
                     raise
-                # Out of descriptors: stop watching the listener until a client
-                # leaves, rather than waking up for it over and over meanwhile.
-                self.log.record(SERVER, ERROR, detail=f"cannot accept: {os.strerror(exc.errno)}")
+                # Out of descriptors: stop watching the listener until a client leaves or
+                # a moment has passed (chores()), rather than waking up for it meanwhile.
                 self.poller.unregister(self.listener.fileno())
                 self.paused = True
                 return
+            self.shortage.accepted()
             self.accepted += 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # echo each message at once
             fd = sock.fileno()
             self.socks[fd] = sock
             self.names[fd] = who = f"client {self.accepted}"
+            if fd >= len(self.heard):
+                self.heard.extend([0] * (fd + 1 - len(self.heard)))
+            self.heard[fd] = self.tick
             self.log.record(SERVER, ACCEPT, who)
             self.poller.register(fd, self.IN)
 
@@ -159,14 +182,32 @@ class Clients:
         self.log.record(SERVER, ERROR, self.names[fd], detail=type(exc).__name__)
         self.close(fd)
 
-    def close(self, fd: int) -> None:
+    def close(self, fd: int, why: str = "") -> None:
         self.poller.unregister(fd)        # before closing: the poller refers to the descriptor
         self.pending.pop(fd, None)
         self.socks.pop(fd).close()
-        self.log.record(SERVER, CLOSE, self.names.pop(fd))
-        if self.paused:                   # a descriptor is free again: accept again
+        self.log.record(SERVER, CLOSE, self.names.pop(fd), detail=why)
+
+    def chores(self) -> None:
+        """Between bursts of events (at most every POLL_INTERVAL when idle): watch the listener
+        again a moment after a shortage of descriptors (by then some clients may have left;
+        if not, accept() fails again, and that is not said twice), and let go of clients
+        quiet for idle_timeout seconds."""
+        if self.paused and not self.shortage.paused():
             self.paused = False
             self.poller.register(self.listener.fileno(), self.LISTENER)
+        if self.idle_timeout is None:
+            return
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        # Ticks are at least sweep_every apart: a client whose last event came during tick t
+        # (before tick t + 1 began) has been quiet for at least the timeout once tick t + 5.
+        self.tick += 1
+        self.next_sweep = now + self.sweep_every
+        quiet_since = self.tick - math.ceil(self.idle_timeout / self.sweep_every) - 1
+        for fd in [fd for fd in self.socks if self.heard[fd] <= quiet_since]:
+            self.close(fd, f"idle for {self.idle_timeout:g} s")
 
     def close_all(self) -> None:
         for sock in self.socks.values():
@@ -174,7 +215,7 @@ class Clients:
         self.socks.clear()
 
 
-def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
+def serve_epoll(listener: socket.socket, stop, log: Transcript, idle_timeout: Optional[float] = None) -> None:
     """The fast loop: epoll, descriptors, and a straight path for the common event."""
     IN = select.EPOLLIN
     # The listener is watched for EPOLLIN|EPOLLRDNORM, clients for EPOLLIN alone, and
@@ -184,11 +225,13 @@ def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
     listener.setblocking(False)
     ep = select.epoll()
     ep.register(listener.fileno(), LISTENER)
-    clients = Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER)
+    clients = Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER, idle_timeout)
     # Local names are the fastest Python has: look each function up once, here.
     poll, read, write, stopped = ep.poll, os.read, os.write, stop.is_set
+    heard = clients.heard
     try:
         while not stopped():
+            tick = clients.tick   # (chores() moves it on, between bursts)
             # A Python call on every wake-up shows in the profile: look at the
             # stop flag once every 16 wake-ups, or as soon as one finds nothing.
             for _wakeup in BETWEEN_STOP_CHECKS:
@@ -196,6 +239,7 @@ def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
                 if not ready:
                     break
                 for fd, events in ready:
+                    heard[fd] = tick
                     if events == IN:
                         # The common case: a client with no echo pending (those are
                         # watched for writing only) sent something, or its EOF.
@@ -222,12 +266,13 @@ def serve_epoll(listener: socket.socket, stop, log: Transcript) -> None:
                         clients.accept_all()
                     else:
                         clients.other(fd)
+            clients.chores()
     finally:
         ep.close()
         clients.close_all()
 
 
-def serve_splice(listener: socket.socket, stop, log: Transcript) -> None:
+def serve_splice(listener: socket.socket, stop, log: Transcript, idle_timeout: Optional[float] = None) -> None:
     """serve_epoll with the bytes left in the kernel: os.splice socket -> pipe -> socket (Linux).
 
     Opt-in (``--splice``): it saves about a quarter of the Python-side work per
@@ -238,24 +283,27 @@ def serve_splice(listener: socket.socket, stop, log: Transcript) -> None:
     at once, or the next client would be sent this one's bytes.
     """
     if not (hasattr(select, "epoll") and hasattr(os, "splice")):
-        return serve(listener, stop, log)
+        return serve(listener, stop, log, idle_timeout)
     import fcntl
     IN, LISTENER = select.EPOLLIN, select.EPOLLIN | select.EPOLLRDNORM   # as in serve_epoll
     listener.setblocking(False)
     ep = select.epoll()
     ep.register(listener.fileno(), LISTENER)
-    clients = Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER)
+    clients = Clients(listener, log, ep, IN, select.EPOLLOUT, LISTENER, idle_timeout)
     pipe_out, pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     with contextlib.suppress(OSError, AttributeError):   # more per splice for big messages
         fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, 1 << 20)
     poll, splice, read, stopped = ep.poll, os.splice, os.read, stop.is_set
+    heard = clients.heard
     try:
         while not stopped():
+            tick = clients.tick
             for _wakeup in BETWEEN_STOP_CHECKS:
                 ready = poll(POLL_INTERVAL, MAX_EVENTS)
                 if not ready:
                     break
                 for fd, events in ready:
+                    heard[fd] = tick
                     if events == IN:
                         try:
                             n = splice(fd, pipe_in, RECV_SIZE)    # socket -> pipe: n bytes
@@ -281,6 +329,7 @@ def serve_splice(listener: socket.socket, stop, log: Transcript) -> None:
                         clients.accept_all()
                     else:
                         clients.other(fd)
+            clients.chores()
     finally:
         ep.close()
         os.close(pipe_out)
@@ -288,18 +337,21 @@ def serve_splice(listener: socket.socket, stop, log: Transcript) -> None:
         clients.close_all()
 
 
-def serve_portable(listener: socket.socket, stop, log: Transcript) -> None:
+def serve_portable(listener: socket.socket, stop, log: Transcript, idle_timeout: Optional[float] = None) -> None:
     """The same loop on selectors.DefaultSelector, for platforms without epoll."""
     listener.setblocking(False)
     lfd = listener.fileno()
     sel = selectors.DefaultSelector()
     sel.register(lfd, selectors.EVENT_READ)
-    clients = Clients(listener, log, sel, selectors.EVENT_READ, selectors.EVENT_WRITE, selectors.EVENT_READ)
-    pending, socks = clients.pending, clients.socks
+    clients = Clients(listener, log, sel, selectors.EVENT_READ, selectors.EVENT_WRITE, selectors.EVENT_READ,
+                      idle_timeout)
+    pending, socks, heard = clients.pending, clients.socks, clients.heard
     try:
         while not stop.is_set():
+            tick = clients.tick
             for key, _ in sel.select(POLL_INTERVAL):
                 fd = key.fd
+                heard[fd] = tick
                 if fd == lfd:
                     clients.accept_all()
                 elif fd in pending:
@@ -325,19 +377,24 @@ def serve_portable(listener: socket.socket, stop, log: Transcript) -> None:
                         continue
                     if sent != len(data):
                         clients.hold(fd, data[sent:])
+            clients.chores()
     finally:
         sel.close()
         clients.close_all()
 
 
 def main(argv=None) -> int:
-    from .cli import DEFAULT_HOST, host_name, port_number, serve_forever
+    import functools
+    from .cli import DEFAULT_HOST, host_name, port_number, seconds, serve_forever
     parser = argparse.ArgumentParser(prog="python -m lessons.kit.fastecho", description=__doc__.splitlines()[0])
     parser.add_argument("--host", type=host_name, default=DEFAULT_HOST,
                         help="address to listen on (default %(default)s: this machine only)")
     parser.add_argument("--port", type=port_number, default=9905,
                         help="TCP port to listen on, 0 to pick a free one (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections to stderr (for benchmarks)")
+    parser.add_argument("--idle-timeout", type=seconds(0, 86400, zero_means="never"), default=60.0,
+                        metavar="SECONDS", help="close a connection that sends and takes nothing for "
+                                                "this long (0: never; default %(default)g)")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--portable", action="store_true",
                      help="use selectors.DefaultSelector even where epoll exists (to compare)")
@@ -349,7 +406,7 @@ def main(argv=None) -> int:
         from .cli import stderr
         stderr.print(f"[dim]the portable loop, on {selectors.DefaultSelector.__name__}[/]")
     chosen = serve_portable if args.portable else serve_splice if args.splice else serve
-    return serve_forever(chosen, args, "fastecho")
+    return serve_forever(functools.partial(chosen, idle_timeout=args.idle_timeout or None), args, "fastecho")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ A reader thread collects every line the server sends, so the program never
 blocks on the socket and every wait has a timeout. It survives anything a
 server sends: invalid UTF-8 is replaced, and a line over ``limit`` bytes is
 skipped and reported (``skipped`` counts them, and a :class:`Skipped` marker
-takes its place among the lines), never fatal.
+takes its place among the lines), never fatal. Lines wait for the program in a
+bounded backlog (``QUEUE_LIMIT``): a server that sends faster than the program
+takes them finds the reader waiting, and TCP slows the server down, instead of
+the client's memory growing without end.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from rich.text import Text
 from . import chat
 
 RECV_SIZE = 65536
+QUEUE_LIMIT = 1 << 20   # characters received and not taken yet; past this the reader stops reading
 
 
 class ConnectionClosed(EOFError):
@@ -50,6 +54,7 @@ class LineClient:
         self.close_reason: Optional[str] = None   # "closed" (EOF), "reset", or an error's name
         self.sock = socket.create_connection(address[:2], timeout=timeout)
         self._lines: collections.deque[str] = collections.deque()
+        self._queued = 0                 # characters in self._lines
         self._arrived = threading.Condition()
         self._closed = threading.Event()
         self._closing = False
@@ -105,14 +110,20 @@ class LineClient:
 
     def _put(self, line: str) -> None:
         with self._arrived:
+            # Backpressure: wait while the backlog is full (the socket's buffers then fill,
+            # and the server's send waits), or until close() is called.
+            while self._queued >= QUEUE_LIMIT and not self._closing:
+                self._arrived.wait(0.1)
             self._lines.append(line)
+            self._queued += len(line)
             self._arrived.notify_all()
 
     # --- the program's side ---
 
     def say(self, text: str) -> None:
-        """Send one line of text (a newline is added)."""
-        self.sock.sendall(text.encode("utf-8") + b"\n")
+        """Send one line of text (a newline is added). Text from argv that was not UTF-8
+        (surrogate escapes) goes out as the bytes it came as: the server judges it."""
+        self.sock.sendall(text.encode("utf-8", "surrogateescape") + b"\n")
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes exactly as given: half lines, invalid UTF-8, floods."""
@@ -125,7 +136,10 @@ class LineClient:
             self._arrived.wait_for(lambda: self._lines or self._closed.is_set(),
                                    self.timeout if timeout is None else timeout)
             if self._lines:
-                return self._lines.popleft()
+                line = self._lines.popleft()
+                self._queued -= len(line)
+                self._arrived.notify_all()   # the reader may be waiting for room
+                return line
         if self._closed.is_set():
             how = "reset" if self.close_reason == "reset" else "closed"
             raise ConnectionClosed(f"the server {how} the connection")
@@ -159,6 +173,8 @@ class LineClient:
     def close(self) -> None:
         """Hang up: wake and join the reader, close the socket. Safe to call twice."""
         self._closing = True
+        with self._arrived:
+            self._arrived.notify_all()   # a reader waiting for room in the backlog stops waiting
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self._reader.join(self.timeout + 1.0)

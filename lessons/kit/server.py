@@ -40,9 +40,13 @@ ACCEPT_BACKOFF = 0.1   # out of descriptors: wait this long before accepting aga
 # no descriptor left for the new connection, or the kernel is short of memory.
 OUT_OF_DESCRIPTORS = {getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
                       if hasattr(errno, name)}
-# ... and with these when the client gave up between its handshake and our accept().
-CLIENT_GAVE_UP = {getattr(errno, name) for name in ("ECONNABORTED", "EPROTO", "ECONNRESET")
-                  if hasattr(errno, name)}
+# ... and with these when the client gave up between its handshake and our accept(), or
+# its connection failed there: Linux's accept(2) passes such a connection's network error
+# on ("treat them like EAGAIN by retrying"), and EPERM when a firewall refused it. (Not its
+# EOPNOTSUPP: that is also what accept() on a socket that is not a listener says, for ever.)
+CLIENT_GAVE_UP = {getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "ECONNRESET", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "ENETUNREACH", "EPERM") if hasattr(errno, name)}
 
 
 class Stopper:
