@@ -8,6 +8,10 @@ outputs byte for byte. Here, unless the command line says otherwise:
 - a cell that runs past 60 s fails (``--nbval-cell-timeout``);
 - anything machine-specific in an output is masked by the patterns in
   ``nbval_sanitize.cfg`` (``--nbval-sanitize-with``).
+
+Tests run on several workers (pytest-xdist, ``--dist loadscope``): each test
+module, and each notebook (its cells share one kernel and run in order), runs
+whole on one worker.
 """
 import pathlib
 
@@ -25,3 +29,4 @@ def pytest_configure(config):
         option.nbval_cell_timeout = 60
     if not option.nbval_sanitize_with:
         option.nbval_sanitize_with = str(ROOT / "nbval_sanitize.cfg")
+
