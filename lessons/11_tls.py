@@ -55,6 +55,7 @@ TITLE = "TLS: the echo server and the chat room, encrypted and verified"
 RECV_SIZE = 65536
 CHUNK = 16384              # one TLS record holds at most 16 KiB of data
 HANDSHAKE_TIMEOUT = 10.0   # seconds a new connection has to finish its handshake
+RELAY_BUFFER = 256 * 1024  # bytes of kernel buffer per relayed socket (see _buffers)
 
 
 # --- The two contexts: everything about security is decided here. ---
@@ -200,40 +201,52 @@ def tls_echo(address, message: bytes, context: ssl.SSLContext, server_hostname: 
 
 def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
           accept_tls: ssl.SSLContext | None = None, connect_tls: ssl.SSLContext | None = None,
-          server_hostname: str | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+          server_hostname: str | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+          buffer: int | None = None) -> None:
     """Relay each connection to ``backend``, both ways, until stopped. ``accept_tls``: clients
-    speak TLS (termination, as ``serve --chat``); ``connect_tls``: the backend does (origination)."""
+    speak TLS (termination, as ``serve --chat``); ``connect_tls``: the backend does (origination).
+    ``buffer``: the kernel's buffers for each socket, in bytes (None: the kernel's choice)."""
     asyncio.run(_relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
-                       handshake_timeout))
+                       handshake_timeout, buffer))
 
 
-async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname, handshake_timeout):
-    numbers, tasks = itertools.count(1), set()
+async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname, handshake_timeout,
+                 buffer):
+    numbers, open_writers = itertools.count(1), set()
 
     async def connection(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
         # Called once the client's handshake is done (a failed one never gets here).
-        tasks.add(asyncio.current_task())
         who = f"client {next(numbers)}"
         tls = client_out.get_extra_info("ssl_object")
         log.record(SERVER, ACCEPT, who, detail=f"over {tls.version()}" if tls else "")
+        writers = [client_out]
+        open_writers.add(client_out)
+        _buffers(client_out.get_extra_info("socket"), buffer)
         try:
-            backend_in, backend_out = await asyncio.wait_for(asyncio.open_connection(
-                *backend, ssl=connect_tls, server_hostname=server_hostname if connect_tls else None),
-                handshake_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+            backend_in, backend_out = await asyncio.wait_for(
+                _connect(backend, connect_tls, server_hostname, buffer), handshake_timeout)
+            writers.append(backend_out)
+            open_writers.add(backend_out)
+            pipes = [asyncio.ensure_future(_pipe(client_in, backend_out)),
+                     asyncio.ensure_future(_pipe(backend_in, client_out))]
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [p.exception() for p in pipes if p.done() and p.exception()]
+            if failed:                      # a reset on one side: pass it on to the other
+                for writer in writers:
+                    _abort(writer)
+                if not stop.is_set():
+                    log.record(SERVER, ERROR, who, detail=explain(failed[0]))
+            await asyncio.gather(*pipes, return_exceptions=True)
+        except (OSError, asyncio.TimeoutError) as exc:   # the backend is not there
             log.record(SERVER, ERROR, who, detail=f"backend: {explain(exc)}")
             _abort(client_out)
-            return
-        try:
-            await asyncio.gather(_pipe(client_in, backend_out), _pipe(backend_in, client_out))
-        except (OSError, asyncio.IncompleteReadError) as exc:   # a reset on either side: end both
-            log.record(SERVER, ERROR, who, detail=explain(exc))
-            _abort(client_out), _abort(backend_out)
+        except asyncio.CancelledError:      # stopping: end quietly
+            pass
         finally:
-            for writer in (client_out, backend_out):
+            for writer in writers:
                 writer.close()
+                open_writers.discard(writer)
             log.record(SERVER, CLOSE, who)
-            tasks.discard(asyncio.current_task())
 
     server = await asyncio.start_server(connection, sock=listener, ssl=accept_tls,
                                         ssl_handshake_timeout=handshake_timeout if accept_tls else None)
@@ -241,9 +254,32 @@ async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_h
         while not stop.is_set():
             await asyncio.sleep(POLL_INTERVAL)
         server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in list(open_writers):   # every relay's reads end, and its task with them
+            _abort(writer)
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.wait(others, timeout=JOIN_TIMEOUT / 2) if others else None
+
+
+async def _connect(backend: tuple, context, server_hostname, buffer):
+    """open_connection(), on a socket whose buffers are set before it connects."""
+    sock = socket.socket(socket.AF_INET6 if ":" in backend[0] else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        _buffers(sock, buffer)
+        await asyncio.get_running_loop().sock_connect(sock, backend)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, ssl=context,
+                                         server_hostname=server_hostname if context else None)
+
+
+def _buffers(sock, size: int | None) -> None:
+    """Small kernel buffers: a relay adds buffers between the two ends, and the bigger they
+    are, the later a server notices that a client has stopped reading (lesson 03's outbox)."""
+    if size and sock is not None:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -259,9 +295,8 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 def _abort(writer: asyncio.StreamWriter) -> None:
     """Pass a reset on as a reset (SO_LINGER 0: RST, not FIN)."""
-    sock = writer.get_extra_info("socket")
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError, AttributeError):   # (a TLS transport already closed has no socket)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
 
@@ -270,7 +305,7 @@ def serve_chat(listener: socket.socket, stop, log: Transcript, *, context: ssl.S
     """Lesson 03's room, started as a learner starts it, behind a TLS relay."""
     with ServerProcess.lesson("03_chat", "--quiet", "--host", "127.0.0.1", *room_options) as room:
         log.record(SERVER, NOTE, detail="lesson 03's room started on loopback")
-        relay(listener, stop, log, backend=room.address, accept_tls=context)
+        relay(listener, stop, log, backend=room.address, accept_tls=context, buffer=RELAY_BUFFER)
 
 
 # --- Plain TCP, for contrast: lesson 02's echo with no TLS at all. ---
