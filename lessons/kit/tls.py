@@ -86,3 +86,58 @@ def records(stream: bytes) -> list[tuple[str, int]]:
             break
         at += RECORD_HEADER.size + length
     return out
+
+
+# --- TLS in memory: a client and a server joined by memory BIOs, no network, every byte counted ---
+
+class InMemory:
+    """A client and a server SSLObject, each between two MemoryBIOs; ``move()`` carries bytes."""
+
+    def __init__(self, client_context: ssl.SSLContext, server_context: ssl.SSLContext,
+                 server_hostname: str = "localhost"):
+        self.bios = {side: (ssl.MemoryBIO(), ssl.MemoryBIO()) for side in ("client", "server")}
+        self.client = client_context.wrap_bio(*self.bios["client"], server_hostname=server_hostname)
+        self.server = server_context.wrap_bio(*self.bios["server"], server_side=True)
+
+    def move(self, sender: str) -> bytes:
+        """Take what ``sender`` ("client" or "server") has written and hand it to the other side."""
+        data = self.bios[sender][1].read()
+        self.bios["server" if sender == "client" else "client"][0].write(data)
+        return data
+
+
+def _finished(handshake) -> bool:
+    try:
+        handshake()
+    except ssl.SSLWantReadError:   # waiting for the other side's next flight
+        return False
+    return True
+
+
+def handshake_flights(client_context: ssl.SSLContext, server_context: ssl.SSLContext,
+                      server_hostname: str = "localhost") -> tuple[list[tuple[str, bytes]], InMemory]:
+    """Run a handshake in memory. Returns the flights up to the moment the client may send
+    data, as (sender, bytes); each server flight the client waits for is one round trip.
+    Then the pair, handshake done (the server has read the client's last flight)."""
+    pair, flights = InMemory(client_context, server_context, server_hostname), []
+    while True:
+        done = _finished(pair.client.do_handshake)
+        data = pair.move("client")
+        if data:
+            flights.append(("client", data))
+        if done:
+            break
+        _finished(pair.server.do_handshake)
+        data = pair.move("server")
+        if not data:
+            raise ssl.SSLError("the handshake made no progress")
+        flights.append(("server", data))
+    _finished(pair.server.do_handshake)
+    return flights, pair
+
+
+def on_the_wire(pair: InMemory, plaintext: bytes) -> bytes:
+    """What the client sends for ``plaintext``: the TLS records, header and all."""
+    pair.move("server")            # what the server had queued (TLS 1.3's session tickets)
+    pair.client.write(plaintext)
+    return pair.move("client")
