@@ -69,7 +69,7 @@ def server_context(certfile) -> ssl.SSLContext:
 
 
 def client_context(cafile=None) -> ssl.SSLContext:
-    """The client's side: verify the chain (against cafile, else the system's CAs) and the host name."""
+    """The client's side: verify the chain (against cafile, else the system's CAs) and the name."""
     context = ssl.create_default_context(cafile=cafile)   # CERT_REQUIRED, check_hostname=True
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -98,7 +98,8 @@ def serve(listener: socket.socket, stop, log: Transcript, *, context: ssl.SSLCon
         thread.join(JOIN_TIMEOUT)
 
 
-def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript, who: str) -> None:
+def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript,
+             who: str) -> None:
     """Handshake, echo until the client's close_notify, answer with ours."""
     with conn:
         try:
@@ -110,7 +111,7 @@ def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript
                 echo_kit.handle(tls, log, who)   # lesson 02's loop: recv → b'' at close_notify
                 log.record(SERVER, SHUTDOWN, who, detail="close_notify")
                 tls.unwrap()                     # our close_notify: "and that was all from me"
-        except (OSError, ValueError) as exc:     # failed handshake, reset, truncation: this client only
+        except (OSError, ValueError) as exc:   # failed handshake, reset, truncation: this one only
             if not stop.is_set():
                 log.record(SERVER, ERROR, who, detail=explain(exc))
         log.record(SERVER, CLOSE, who)
@@ -138,7 +139,8 @@ def tls_echo(address, message: bytes, context: ssl.SSLContext, server_hostname: 
     view, wire, chunks = memoryview(message), bytearray(), []
     handshaken = closed_ours = False
     log.record(CLIENT, CONNECT, who)
-    with socket.create_connection(address, timeout=timeout) as sock, selectors.DefaultSelector() as sel:
+    with socket.create_connection(address, timeout=timeout) as sock, \
+            selectors.DefaultSelector() as sel:
         sock.setblocking(False)
         sel.register(sock, selectors.EVENT_READ)
         while True:
@@ -146,7 +148,8 @@ def tls_echo(address, message: bytes, context: ssl.SSLContext, server_hostname: 
                 if not handshaken:
                     tls.do_handshake()                 # SSLWantReadError until the server answers
                     handshaken = True
-                    log.record(CLIENT, NOTE, who, detail=f"handshake done: {tls.version()}, verified")
+                    log.record(CLIENT, NOTE, who,
+                               detail=f"handshake done: {tls.version()}, verified")
                     log.record(CLIENT, SEND, who, len(message))
                     log.record(CLIENT, SHUTDOWN, who, detail="close_notify")
                 while True:                            # first take out all the plaintext TLS has
@@ -165,7 +168,7 @@ def tls_echo(address, message: bytes, context: ssl.SSLContext, server_hostname: 
                     sock.send(outgoing.read())         # the alert that tells the server why
                 raise
             if handshaken and not closed_ours:
-                while view and len(wire) + outgoing.pending < 4 * CHUNK:   # bounded, like an outbox
+                while view and len(wire) + outgoing.pending < 4 * CHUNK:   # bounded: an outbox
                     view = view[tls.write(view[:CHUNK]):]
                 if not view:
                     # close_notify. unwrap() then reads on for the server's: it must find nothing
@@ -210,11 +213,12 @@ def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
                        handshake_timeout, buffer))
 
 
-async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname, handshake_timeout,
-                 buffer):
+async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
+                 handshake_timeout, buffer):
     numbers, open_writers = itertools.count(1), set()
 
-    async def connection(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+    async def connection(client_in: asyncio.StreamReader,
+                         client_out: asyncio.StreamWriter) -> None:
         # Called once the client's handshake is done (a failed one never gets here).
         who = f"client {next(numbers)}"
         tls = client_out.get_extra_info("ssl_object")
@@ -248,8 +252,9 @@ async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_h
                 open_writers.discard(writer)
             log.record(SERVER, CLOSE, who)
 
-    server = await asyncio.start_server(connection, sock=listener, ssl=accept_tls,
-                                        ssl_handshake_timeout=handshake_timeout if accept_tls else None)
+    server = await asyncio.start_server(
+        connection, sock=listener, ssl=accept_tls,
+        ssl_handshake_timeout=handshake_timeout if accept_tls else None)
     async with server:
         while not stop.is_set():
             await asyncio.sleep(POLL_INTERVAL)
@@ -262,7 +267,8 @@ async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_h
 
 async def _connect(backend: tuple, context, server_hostname, buffer):
     """open_connection(), on a socket whose buffers are set before it connects."""
-    sock = socket.socket(socket.AF_INET6 if ":" in backend[0] else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         _buffers(sock, buffer)
@@ -295,8 +301,9 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 def _abort(writer: asyncio.StreamWriter) -> None:
     """Pass a reset on as a reset (SO_LINGER 0: RST, not FIN)."""
-    with contextlib.suppress(OSError, AttributeError):   # (a TLS transport already closed has no socket)
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError, AttributeError):   # (a closed TLS transport has no socket)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
 
