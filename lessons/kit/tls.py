@@ -60,10 +60,15 @@ class Authority:
 def explain(exc: BaseException) -> str:
     """A TLS failure in words that stay the same across OpenSSL versions: the exception's
     class, and for a certificate the X.509 verify code and its message (those are stable;
-    the full text and the reason names of other errors change between versions)."""
+    the full text and the reason names of other errors change between versions). An alert
+    from the peer is named too: alert names come from the TLS standards."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"{type(exc).__name__}: {exc.verify_message} (verify code {exc.verify_code})"
     if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if "ALERT_" in reason:   # the peer said why, in a TLS alert: names fixed by the RFCs
+            alert = reason.split("ALERT_", 1)[1].lower().replace("_", " ")
+            return f"{type(exc).__name__}: the peer's alert: {alert}"
         return type(exc).__name__
     return describe_error(exc)
 
