@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 
 import pytest
 
@@ -243,8 +244,9 @@ def test_chat_over_tls_through_lesson_03s_room_in_a_child_process(ca):
 
 # --- The command line, and openssl ---
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served():
+    """One `serve` for the command-line tests (a process costs about a second to start)."""
     with ServerProcess.lesson("11_tls") as srv:
         cafile = srv.proc.stdout.readline().strip().split(": ", 1)[1]
         yield srv, cafile
@@ -313,3 +315,30 @@ def test_openssl_s_client_verifies_the_server(served, impostor, trust, verified)
                             input="", capture_output=True, text=True, timeout=20)
     assert (result.returncode == 0) == verified, result.stderr
     assert ("Verification: OK" in result.stderr) == verified
+
+
+def readline_within(stream, timeout: float) -> str:
+    """stream.readline(), or '' if no line comes within timeout."""
+    box: list = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), name="readline", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else ""
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+def test_openssl_s_client_gets_its_echo(served):
+    srv, cafile = served
+    argv = [OPENSSL, "s_client", "-connect", f"127.0.0.1:{srv.port}", "-CAfile", cafile,
+            "-verify_return_error", "-verify_hostname", "localhost", "-quiet"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as client:
+        try:
+            client.stdin.write("hello from openssl\n")
+            client.stdin.flush()
+            line = readline_within(client.stdout, 10)
+        finally:
+            client.kill()     # -quiet implies -ign_eof: it would wait for the server to close
+            client.communicate(timeout=10)
+    assert line == "hello from openssl\n"
+
