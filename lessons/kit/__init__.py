@@ -19,6 +19,9 @@
 - :mod:`.aio`        asyncio servers on a running loop, in a thread, in the foreground (lesson 08)
 - :mod:`.fanout`     a chat room's fan-out and memory per idle member, measured from outside
 - :mod:`.compare`    server designs side by side: lines of code, threads, memory, a slow reader
+- :mod:`.tls`        a throwaway certificate authority (trustme), TLS errors in stable words, TLS in memory
+- :mod:`.tlsstream`  TLS that a reader thread and writer threads may share (LineClient's ssl_context)
+- :mod:`.wiretap`    a relay that keeps a copy of every byte: what someone on the wire sees
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running
