@@ -1,5 +1,6 @@
 """TLS pieces for lesson 11: a throwaway certificate authority, stable names for TLS
-errors, and a reader of TLS records as they cross the wire.
+errors, a reader of TLS records as they cross the wire, and TLS in memory (a client and
+a server joined by memory BIOs, no network) to count a handshake's flights and a record's bytes.
 
 No certificate or key is ever committed: :class:`Authority` makes a fresh CA and
 its certificates at run time (with ``trustme``, a package made for exactly this)
