@@ -28,9 +28,11 @@ from lessons.kit.lineclient import ChatClient, ConnectionClosed
 from lessons.kit.server import raise_fd_limit
 from lessons.kit.stream import LineBuffer, recv_until_eof
 from tests.conftest import lesson
+from tests.tls_room import tls_room
 
 ROOMS = [pytest.param(lesson("03_chat").serve, id="03_chat"),
-         pytest.param(lesson("08_asyncio").serve, id="08_asyncio")]
+         pytest.param(lesson("08_asyncio").serve, id="08_asyncio"),
+         pytest.param(tls_room, id="11_tls")]   # lesson 03's room over TLS: see tests/tls_room.py
 
 
 @pytest.fixture(params=ROOMS)

@@ -29,6 +29,9 @@
 - :mod:`.families`   IPv4, IPv6, dual stack, Unix paths: knocks, peers, --host/--unix (12)
 - :mod:`.unixpeers`  Unix-socket peers: a crashed server, another user, a socketpair child (12)
 - :mod:`.threaded`   a thread per client, at most so many at once: the skeleton of 09, 10, 12's servers
+- :mod:`.tls`        a throwaway certificate authority (trustme), TLS errors in stable words (11)
+- :mod:`.tlsstream`  TLS that a reader thread and writer threads may share (LineClient's ssl_context)
+- :mod:`.wiretap`    a relay that keeps a copy of every byte: what someone on the wire sees
 """
 from . import show  # noqa: F401  (importing it fixes rich's notebook output: see show.py)
 from .server import Stopper, accept_until, listen, running

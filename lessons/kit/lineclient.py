@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import chat
+from .tlsstream import TLSStream
 
 RECV_SIZE = 65536
 QUEUE_LIMIT = 1 << 20   # characters received and not taken yet; past this the reader stops reading
@@ -46,13 +47,25 @@ class Skipped(str):
 
 
 class LineClient:
-    """Connect (with a timeout), and collect the server's lines in a background thread."""
+    """Connect (with a timeout), and collect the server's lines in a background thread.
 
-    def __init__(self, address, timeout: float = 5.0, limit: int = 65536):
+    With ``ssl_context``, the connection is TLS (lesson 11), verified against
+    ``server_hostname`` (default: the address's host); the handshake happens here.
+    """
+
+    def __init__(self, address, timeout: float = 5.0, limit: int = 65536,
+                 ssl_context=None, server_hostname: Optional[str] = None):
         self.timeout, self.limit = timeout, limit
         self.skipped = 0                 # lines over the limit, dropped
         self.close_reason: Optional[str] = None   # "closed" (EOF), "reset", or an error's name
         self.sock = socket.create_connection(address[:2], timeout=timeout)
+        if ssl_context is not None:
+            # Not an SSLSocket: its reader thread and our say() would be in one SSL object at once.
+            try:
+                self.sock = TLSStream(self.sock, ssl_context, server_hostname or address[0])
+            except BaseException:
+                self.sock.close()
+                raise
         self._lines: collections.deque[str] = collections.deque()
         self._queued = 0                 # characters in self._lines
         self._arrived = threading.Condition()
@@ -195,8 +208,8 @@ class ChatClient(LineClient):
     """
 
     def __init__(self, address, name: Optional[str] = None, timeout: float = 5.0,
-                 limit: int = chat.MAX_SEND):
-        super().__init__(address, timeout, limit)
+                 limit: int = chat.MAX_SEND, ssl_context=None, server_hostname: Optional[str] = None):
+        super().__init__(address, timeout, limit, ssl_context, server_hostname)
         self.welcome: Optional[str] = None
         try:
             self.greeting = self.next_line()
