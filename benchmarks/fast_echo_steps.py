@@ -339,15 +339,17 @@ STEPS = {
 
 def main(argv=None) -> int:
     import argparse
-    from lessons.kit.cli import add_address_args, serve_forever
+    from lessons.kit.cli import DEFAULT_HOST, host_name, port_number, serve_forever
     from lessons.kit.server import raise_fd_limit
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=list(STEPS))
-    add_address_args(parser, port=9905)
+    parser.add_argument("--host", type=host_name, default=DEFAULT_HOST)
+    parser.add_argument("--port", type=port_number, default=9905)
     parser.add_argument("--quiet", action="store_true", help="accepted for symmetry: steps never log")
     args = parser.parse_args(argv)
+    args.quiet = True                  # a log line costs more than an echo
     raise_fd_limit()
-    return serve_forever(STEPS[args.step], args.host, args.port, args.step, quiet=True)
+    return serve_forever(STEPS[args.step], args, args.step)
 
 
 if __name__ == "__main__":

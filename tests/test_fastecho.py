@@ -179,6 +179,14 @@ def test_every_measured_step_echoes(name):
         assert server.errors == []
 
 
+@pytest.mark.skipif(not STEPS, reason="the steps use epoll")
+def test_the_benchmark_starts_a_step_as_it_runs_them():
+    # fast_echo.py starts each step as "fast_echo_steps.py STEP --port 0" and reads the
+    # first line: a broken command line shows here, not ten minutes into a benchmark.
+    with ServerProcess([str(ROOT / "benchmarks" / "fast_echo_steps.py"), "3-quiet"]) as server:
+        assert echo(server.address, b"step 3") == b"step 3"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a descriptor limit in a child process")
 def test_out_of_descriptors_it_pauses_accepting_and_resumes_when_a_client_leaves():
     # A server process allowed 40 descriptors, and 60 clients: those it cannot
