@@ -54,6 +54,14 @@ def test_the_kit_imports_no_lesson(path):
     assert not lessons, f"kit/{path.name} imports {sorted(lessons)}"
 
 
+def test_the_kit_says_what_each_of_its_modules_holds():
+    # A newcomer finds the kit through lessons/kit/__init__.py's list (and the README's).
+    listed = set(re.findall(r":mod:`\.(\w+)`", (ROOT / "lessons" / "kit" / "__init__.py").read_text()))
+    modules = {path.stem for path in KIT_FILES} - {"__init__"}
+    assert modules - listed == set(), "kit modules missing from kit/__init__.py's docstring"
+    assert listed - modules == set(), "kit/__init__.py's docstring lists modules that do not exist"
+
+
 def code_of(obj) -> str:
     """A function's code without its docstring and comments, to compare two copies."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))

@@ -7,6 +7,9 @@
 - :mod:`.adversary`  dribblers, floods, resets, silent peers
 - :mod:`.check`      exercise checks that print ✓/✗ and never hang
 - :mod:`.show`       syntax-highlighted source for notebooks
+- :mod:`.sequence`   sequence diagrams of a transcript (SVG), for notebooks
+- :mod:`.echo`       lesson 02's echo client and handler, the tested copy later lessons use
+- :mod:`.nonblocking` lesson 04's non-blocking Connection, the tested copy lesson 05 uses
 - :mod:`.chat`       the chat room's protocol (lesson 03), tested: limits, texts, clean, names
 - :mod:`.lineclient` a client for line protocols (ChatClient), and a person's terminal session
 - :mod:`.probes`     careless clients against a server, and the sockets it leaves behind
@@ -16,6 +19,8 @@
 - :mod:`.lab`        the scaling lab's engine: points, sweeps, the load generator's ceiling (lesson 07)
 - :mod:`.labreport`  the lab's tables (never a cut number), result files and figures
 - :mod:`.baselines`  asyncio echo servers to measure against
+- :mod:`.echoservers` every echo server of the workbook, by name: for the lab and the tests
+- :mod:`.fastecho`   how fast one Python thread can echo: lesson 05's loop, tuned (serve --fast)
 - :mod:`.aio`        asyncio servers on a running loop, in a thread, in the foreground (lesson 08)
 - :mod:`.fanout`     a chat room's fan-out and memory per idle member, measured from outside
 - :mod:`.compare`    server designs side by side: lines of code, threads, memory, a slow reader
