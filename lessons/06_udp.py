@@ -88,7 +88,7 @@ def serve(sock: socket.socket, stop, log: Transcript, loss: float = 0.0, reorder
                 continue
             if peer[1] == own_port:   # from itself, or another echo server on this port: a
                 if not looped:        # forged datagram that would bounce for ever. Said once.
-                    log.record(SERVER, NOTE, detail="ignored datagrams from our own port: echo loop")
+                    log.record(SERVER, NOTE, detail="ignoring our own port (an echo loop)")
                 looped = True
                 continue
             who = names.of(peer)
@@ -154,7 +154,7 @@ def make_serve(loss: float = 0.0, reorder: float = 0.0, seed: int | None = None)
 def naive_udp_client(address, message: bytes) -> bytes:
     """The common first attempt, written like a TCP client. Fixed below in request()."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(2.0)              # (ours: as usually written it waits forever for a lost reply)
+        sock.settimeout(2.0)   # (ours: as usually written, it waits forever for a lost reply)
         sock.sendto(message, address)
         data, _ = sock.recvfrom(1024)     # BUG: a longer reply is cut to 1024 bytes, the rest lost
         return data                       # BUG: no retry, and any datagram is taken as the reply
@@ -183,7 +183,8 @@ def request(sock: socket.socket, message: bytes, timeout: float = 0.5, retries: 
     wait, waited = timeout, 0.0
     for attempt in range(1, retries + 2):
         if log:
-            log.record(CLIENT, SEND, nbytes=len(datagram), detail=f"try {attempt}, then wait up to {wait:g} s")
+            log.record(CLIENT, SEND, nbytes=len(datagram),
+                       detail=f"try {attempt}, then wait up to {wait:g} s")
         sock.send(datagram)
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:

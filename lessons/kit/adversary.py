@@ -205,7 +205,7 @@ def play(sock: socket.socket, script: list, delay: float = 0.02) -> threading.Th
 
 
 def talk_past_a_sleeper(address: tuple, messages: int = 4000, size: int = 4000,
-                        patience: float = 1.0) -> dict:
+                        patience: float = 1.0, ahead: int = 64) -> dict:
     """Three chat clients: 'sleepy' joins and never reads, 'talker' sends ``messages``
     lines of ``size`` bytes, 'listener' counts what reaches it. Returns what happened.
 
@@ -215,15 +215,23 @@ def talk_past_a_sleeper(address: tuple, messages: int = 4000, size: int = 4000,
     Raw sockets, so it runs against the tutorial's server too (which has no
     names: there, the name lines are just more messages). ``patience``: how long
     the talker waits on a blocked send, and the listener on silence.
+
+    The talker keeps at most ``ahead`` lines ahead of the listener (waiting up to
+    ``patience`` for it to catch up, then talking on regardless): a room that delivers
+    more slowly than it reads (behind TLS relays, say, or on a busy machine) must drop
+    sleepy, not the listener, who reads all it is sent.
     """
     body = b"p" * size
     received, notices = [], []
+    caught_up = threading.Condition()
 
     def listen(sock):
         with contextlib.suppress(OSError, ValueError):
             for raw in read_lines(sock, size * 2):
                 if raw.endswith(body):
-                    received.append(raw)
+                    with caught_up:
+                        received.append(raw)
+                        caught_up.notify()
                 elif raw.startswith(b"* sleepy"):
                     notices.append(raw.decode())
 
@@ -236,9 +244,12 @@ def talk_past_a_sleeper(address: tuple, messages: int = 4000, size: int = 4000,
         reader.start()
         time.sleep(0.2)                 # let all three join before the talking starts
         talker.settimeout(patience)
-        sent, blocked = 0, False
+        sent, blocked, pacing = 0, False, True
         try:
             for _ in range(messages):
+                if pacing:        # a stalled room never lets the listener catch up: then talk on
+                    with caught_up:
+                        pacing = caught_up.wait_for(lambda: sent - len(received) < ahead, timeout=patience)
                 talker.sendall(body + b"\n")
                 sent += 1
         except socket.timeout:          # the server stopped reading what we send
