@@ -6,26 +6,34 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
+import select
 import socket
 
 import pytest
 
-from lessons.kit import adversary, running
+from lessons.kit import adversary, fastecho, running
 from lessons.kit.echo import echo
 from lessons.kit.echoservers import echo_servers
 from tests.conftest import lesson
 
 SERVERS = {s.name: s for s in echo_servers(in_process=True)}
-CONCURRENT = [name for name, s in SERVERS.items() if s.concurrent]
+# The fast server's other loops (the list's "05 selectors --fast" is its epoll loop).
+FAST_LOOPS = {"fast, portable selectors": fastecho.serve_portable}
+if hasattr(select, "epoll") and hasattr(os, "splice"):
+    FAST_LOOPS["fast, splice"] = fastecho.serve_splice
+CONCURRENT = [name for name, s in SERVERS.items() if s.concurrent] + list(FAST_LOOPS)
 MIB = 1024 * 1024
 
 
 def serve_function(name: str):
+    if name in FAST_LOOPS:
+        return FAST_LOOPS[name]
     entry = SERVERS[name]
     return functools.partial(getattr(lesson(entry.lesson), entry.function), **entry.kwargs)
 
 
-@pytest.fixture(params=list(SERVERS))
+@pytest.fixture(params=[*SERVERS, *FAST_LOOPS])
 def server(request):
     with running(serve_function(request.param)) as srv:
         yield srv
