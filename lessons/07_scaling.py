@@ -48,12 +48,11 @@ from lessons.kit.generators import load_generator
 from lessons.kit.lab import (BUSY_CLIENTS, Point, load_results, mark_ceilings, measure,  # noqa: F401
                              os_loadavg, run_lab)
 from lessons.kit.labreport import lab_figures, lab_tables, write_results  # noqa: F401
-from lessons.kit.processes import machine
+from lessons.kit.processes import ROOT, machine
 from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, raise_fd_limit
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, SERVER, Transcript
 
 TITLE = "Scaling lab"
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUSY_SWEEP, IDLE_SWEEP = [1, 10, 100, 1000, 10_000], [0, 100, 1000, 10_000]
 QUICK_BUSY, QUICK_IDLE = [10, 100], [0, 1000]
 IDLE_DESIGNS = ["04 polling", "05 select()", "05 selectors (default)", "07 thread per client", "asyncio Protocol"]

@@ -357,3 +357,16 @@ def test_a_second_stop_signal_while_stopping_changes_nothing(name, options, sig)
             code, err = served.stop(getattr(signal, sig))
     assert code == 0, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+# --- The checkout is found after `pip install .` too (lessons in site-packages). ---
+
+def test_the_workbook_root_is_the_checkout_wherever_the_lessons_are_installed(tmp_path):
+    from lessons.kit.processes import ROOT, workbook_root
+    assert (ROOT / "benchmarks" / "loadgen.c").exists()           # this checkout, editable
+    checkout, site = tmp_path / "clone", tmp_path / "site-packages"
+    for folder in (checkout / "benchmarks", checkout / "notebooks", site):
+        folder.mkdir(parents=True)
+    assert workbook_root(site, here=checkout / "notebooks") == checkout   # Jupyter's directory
+    assert workbook_root(site, here=checkout) == checkout                 # pytest's
+    assert workbook_root(site, here=tmp_path) == site     # no checkout anywhere: as before

@@ -32,8 +32,9 @@ import textwrap
 from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
+from lessons.kit.processes import ROOT   # the checkout, where the notebooks are
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ run it in process). Written as names, not imports: the kit imports no lesson.
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 import selectors
 import shutil
 import sys
 from dataclasses import dataclass, field
+
+from .processes import ROOT
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _lesson(name: str, lesson: str, *options: str, function: str = "serve", conc
                       kwargs, concurrent)
 
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"   # the C sources: in the checkout, not in the package
 
 _BACKENDS = [name for name, cls in [("select", "SelectSelector"), ("poll", "PollSelector"),
                                     ("epoll", "EpollSelector"), ("kqueue", "KqueueSelector")]

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .loadgen import LoadResult, require_loopback, run_load
+from .processes import ROOT
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"   # the C sources: in the checkout, not in the package
 FAILURES = {   # loadgen.c's one-word failures, as the Python generator words them
     "server_stopped_answering": "server stopped answering", "timed_out_connecting": "timed out connecting",
     "connect:ECONNREFUSED": "connect failed: ECONNREFUSED", "connect": "connect failed",

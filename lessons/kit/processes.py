@@ -15,7 +15,23 @@ import subprocess
 import sys
 import threading
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+def workbook_root(installed_at: pathlib.Path | None = None, here: pathlib.Path | None = None) -> pathlib.Path:
+    """The checkout of the workbook: the directory that holds benchmarks/ and notebooks/.
+
+    The README's install is editable, so the lessons are imported from the checkout
+    itself. After ``pip install .`` they come from site-packages instead, and the
+    checkout is where Jupyter or pytest runs: a notebook's directory, or the top."""
+    installed_at = installed_at or pathlib.Path(__file__).resolve().parent.parent.parent
+    here = here or pathlib.Path.cwd()
+    for place in (installed_at, here, *here.parents):
+        if (place / "benchmarks").is_dir() and (place / "notebooks").is_dir():
+            return place
+    return installed_at
+
+
+ROOT = workbook_root()
 
 
 class ServerProcess:
