@@ -76,7 +76,8 @@ def tutorial_listener(port: int = 0) -> socket.socket:
 
     # 开始监听,最大排队数量为5
     server_socket.listen(5)
-    return server_socket                               # (ours: its accept loop is lesson 02's)
+    # (ours: its print('Server listening on port 9999...') and accept loop: lesson 02's)
+    return server_socket                               # (ours)
 
 
 def tutorial_client(port: int) -> str:

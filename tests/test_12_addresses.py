@@ -206,6 +206,7 @@ def test_what_an_address_says_about_itself():
              "fe80::1%eth0": "link-local", "192.168.1.20": "private", "10.1.2.3": "private",
              "fd00::2": "private", "100.64.0.1": "shared", "8.8.8.8": "public", "2606:4700::1111": "public"}
     assert {address: address_kind(address).split(" ")[0].rstrip(":") for address in kinds} == kinds
+    assert "NAT" in address_kind("10.1.2.3") and "NAT" not in address_kind("fd00::2")   # IPv6: no NAT
 
 
 def test_the_outgoing_address():

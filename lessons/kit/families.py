@@ -113,8 +113,10 @@ def address_kind(address: Optional[str]) -> str:
         return "link-local: this network segment only"
     if ip.version == 4 and ip in ipaddress.ip_network("100.64.0.0/10"):
         return "shared (carrier-grade NAT): the internet sees your provider's address"
-    if ip.is_private:
+    if ip.is_private and ip.version == 4:
         return "private: the internet sees your router's address (NAT), not this one"
+    if ip.is_private:   # fc00::/7 and the like: never routed on the internet, and no NAT
+        return "private (unique local): this site's network only, never routed on the internet"
     return "public: reachable from the internet, unless a firewall says no"
 
 
