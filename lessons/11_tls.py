@@ -42,7 +42,7 @@ import threading
 from rich.console import Console
 
 from lessons.kit import echo as echo_kit
-from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, say, seconds,
                              serve_command, serve_forever, stderr)
 from lessons.kit.lineclient import ChatClient, converse, show
 from lessons.kit.processes import ServerProcess
@@ -435,7 +435,7 @@ def chat_over_tls(console: Console) -> str:
 def announce(server, cafile):
     """``server``, printing the CA file's path first (on the line after "listening on")."""
     def run(listener, stop, log):
-        print(f"CA certificate: {cafile}", flush=True)
+        say(f"CA certificate: {cafile}")
         server(listener, stop, log)
     return run
 

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Optional
 
 from rich.text import Text
 
-from .cli import STOP_SIGNALS, describe_address, ignore_stop_signals, stderr
+from .cli import STOP_SIGNALS, describe_address, ignore_stop_signals, log_line, say
 from .server import (ACCEPT_BACKOFF, CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors,
                      Stopper, listen)
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Event, Transcript
@@ -288,13 +288,13 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         where = describe_address((args.host, args.port))
-        stderr.print(Text(f"cannot listen on {where}: {reason}", style="red"))
+        log_line(Text(f"cannot listen on {where}: {reason}", style="red"))
         return 1
     log = Transcript(maxlen=1000, live=None if quiet else _log_live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
 
     def announce(serving: Serving) -> None:
-        print(f"listening on {describe_address(serving.address, listener.family)}", flush=True)
+        say(f"listening on {describe_address(serving.address, listener.family)}")
 
     async def serve_then_stay_stopped() -> Serving:
         serving = await until_signalled(start, listener, log, announce)
@@ -307,9 +307,9 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
         listener.close()
     if serving.failure() is not None:
         failure = serving.failure()
-        stderr.print(Text(f"server failed: {type(failure).__name__}: {failure}", style="red"))
+        log_line(Text(f"server failed: {type(failure).__name__}: {failure}", style="red"))
         return 1
-    stderr.print(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
+    log_line(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
                       style="dim"))
     return 0
 
@@ -335,5 +335,5 @@ def stay_stopped(loop: asyncio.AbstractEventLoop) -> None:
 
 def _log_live(event: Event) -> None:
     who = f"{event.who}: " if event.who and event.kind != ACCEPT else ""
-    stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"),
-                 soft_wrap=True)
+    log_line(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"),
+             soft_wrap=True)
