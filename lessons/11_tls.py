@@ -47,6 +47,7 @@ from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_clie
 from lessons.kit.lineclient import ChatClient, converse, show
 from lessons.kit.processes import ServerProcess
 from lessons.kit.server import JOIN_TIMEOUT, POLL_INTERVAL, accept_until, running
+from lessons.kit.threaded import serve_threads
 from lessons.kit.tls import Authority, explain
 from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, ERROR, NOTE, RECV, SEND,
                                     SERVER, SHUTDOWN, Transcript)
@@ -55,6 +56,7 @@ TITLE = "TLS: the echo server and the chat room, encrypted and verified"
 RECV_SIZE = 65536
 CHUNK = 16384              # one TLS record holds at most 16 KiB of data
 HANDSHAKE_TIMEOUT = 10.0   # seconds a new connection has to finish its handshake
+MAX_CLIENTS = 100          # echo clients served at once, a thread each; one more is turned away
 RELAY_BUFFER = 256 * 1024  # bytes of kernel buffer per relayed socket (see _buffers)
 
 
@@ -83,19 +85,14 @@ def naive_client_context() -> ssl.SSLContext:
 # --- The echo server: lesson 02's contract, over TLS, a thread per client. ---
 
 def serve(listener: socket.socket, stop, log: Transcript, *, context: ssl.SSLContext,
-          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
-    """Echo each client over TLS in its own thread (a slow handshake must not hold the others)."""
-    threads = []
-    arrivals = accept_until(listener, stop, log, idle_timeout=handshake_timeout)
-    for number, (conn, _) in enumerate(arrivals, 1):
-        who = f"client {number}"
-        log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=echo_one, args=(conn, context, stop, log, who),
-                                           name=who, daemon=True)
-        thread.start()
-        threads = [t for t in threads if t.is_alive()] + [thread]
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
+          handshake_timeout: float = HANDSHAKE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
+    """Echo each client over TLS in its own thread (a slow handshake must not hold the others).
+    At most max_clients at once (kit.threaded): one more is closed before its handshake, since
+    a thread each without a bound ends when threads or memory run out, for everyone."""
+    def one(conn: socket.socket, log: Transcript, who: str) -> None:
+        echo_one(conn, context, stop, log, who)
+
+    serve_threads(listener, stop, log, one, max_clients=max_clients, idle_timeout=handshake_timeout)
 
 
 def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript,
@@ -114,7 +111,6 @@ def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript
         except (OSError, ValueError) as exc:   # failed handshake, reset, truncation: this one only
             if not stop.is_set():
                 log.record(SERVER, ERROR, who, detail=explain(exc))
-        log.record(SERVER, CLOSE, who)
 
 
 # --- The echo client: one thread, a non-blocking socket, a selector, TLS in memory. ---

@@ -195,6 +195,20 @@ def test_a_slow_handshake_is_dropped(ca, trusting):
         assert tls.tls_echo(srv.address, b"still here", trusting) == b"still here"
 
 
+def test_past_its_limit_a_connection_is_closed_at_once_and_the_others_go_on(ca, trusting):
+    # A thread each, without a bound, ends for everyone when threads or memory run out: under
+    # a 1.5 GB address-space limit, 52 silent connections ended `serve` ("can't start new thread").
+    with echo_server(ca.certfile) as srv:
+        with contextlib.ExitStack() as stack:
+            for _ in range(tls.MAX_CLIENTS):   # connected, never say ClientHello
+                stack.enter_context(adversary.silent(srv.address))
+            with socket.create_connection(srv.address, timeout=5) as extra:
+                assert extra.recv(1) == b""    # closed now, not after the 10 s handshake timeout
+        assert srv.log.wait_for(lambda evs: sum(e.kind == CLOSE for e in evs) == tls.MAX_CLIENTS, 5)
+        assert [e.detail for e in srv.log.events() if e.kind == ERROR][:1] == ["refused: too many clients"]
+        assert tls.tls_echo(srv.address, b"a place again", trusting) == b"a place again"
+
+
 # --- TLS on a non-blocking socket: what a selector cannot see ---
 
 def test_pending_holds_data_that_select_does_not_show(server, trusting):
