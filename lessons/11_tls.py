@@ -31,25 +31,24 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import itertools
 import selectors
 import socket
 import ssl
 import struct
 import sys
-import threading
 
 from rich.console import Console
 
 from lessons.kit import echo as echo_kit
+from lessons.kit.aio import Serving, serve_in_thread
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, say, seconds,
                              serve_command, serve_forever, stderr)
 from lessons.kit.lineclient import ChatClient, converse, show
 from lessons.kit.processes import ServerProcess
-from lessons.kit.server import JOIN_TIMEOUT, POLL_INTERVAL, accept_until, running
+from lessons.kit.server import accept_until, running
 from lessons.kit.threaded import serve_threads
 from lessons.kit.tls import Authority, explain
-from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, ERROR, NOTE, RECV, SEND,
+from lessons.kit.transcript import (CLIENT, CLOSE, CONNECT, EOF, ERROR, NOTE, RECV, SEND,
                                     SERVER, SHUTDOWN, Transcript)
 
 TITLE = "TLS: the echo server and the chat room, encrypted and verified"
@@ -204,33 +203,26 @@ def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
           buffer: int | None = None) -> None:
     """Relay each connection to ``backend``, both ways, until stopped. ``accept_tls``: clients
     speak TLS (termination, as ``serve --chat``); ``connect_tls``: the backend does (origination).
-    ``buffer``: the kernel's buffers for each socket, in bytes (None: the kernel's choice)."""
-    asyncio.run(_relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
-                       handshake_timeout, buffer))
-
-
-async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
-                 handshake_timeout, buffer):
-    numbers, open_writers = itertools.count(1), set()
-
-    async def connection(client_in: asyncio.StreamReader,
-                         client_out: asyncio.StreamWriter) -> None:
+    ``buffer``: the kernel's buffers for each socket, in bytes (None: the kernel's choice).
+    It runs on kit.aio's Serving, which, out of file descriptors, says so once and waits
+    (asyncio.start_server() prints a traceback for every accept() that fails, over and over)."""
+    async def connection(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter,
+                         who: str) -> None:
         # Called once the client's handshake is done (a failed one never gets here).
-        who = f"client {next(numbers)}"
-        tls = client_out.get_extra_info("ssl_object")
-        log.record(SERVER, ACCEPT, who, detail=f"over {tls.version()}" if tls else "")
         writers = [client_out]
-        open_writers.add(client_out)
         _buffers(client_out.get_extra_info("socket"), buffer)
         try:
             backend_in, backend_out = await asyncio.wait_for(
                 _connect(backend, connect_tls, server_hostname, buffer), handshake_timeout)
             writers.append(backend_out)
-            open_writers.add(backend_out)
             pipes = [asyncio.ensure_future(_pipe(client_in, backend_out)),
                      asyncio.ensure_future(_pipe(backend_in, client_out))]
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [p.exception() for p in pipes if p.done() and p.exception()]
+            try:
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+            finally:                        # stopping cancels us: the pipes end with us
+                for pipe in pipes:
+                    pipe.cancel()
+            failed = [p.exception() for p in pipes if p.done() and not p.cancelled() and p.exception()]
             if failed:                      # a reset on one side: pass it on to the other
                 for writer in writers:
                     _abort(writer)
@@ -242,23 +234,15 @@ async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_h
             _abort(client_out)
         except asyncio.CancelledError:      # stopping: end quietly
             pass
-        finally:
-            for writer in writers:
-                writer.close()
-                open_writers.discard(writer)
-            log.record(SERVER, CLOSE, who)
+        finally:                            # the client's side: Serving closes it
+            for writer in writers[1:]:      # stopping: at once, with whatever is still queued
+                _abort(writer) if stop.is_set() else writer.close()
 
-    server = await asyncio.start_server(
-        connection, sock=listener, ssl=accept_tls,
-        ssl_handshake_timeout=handshake_timeout if accept_tls else None)
-    async with server:
-        while not stop.is_set():
-            await asyncio.sleep(POLL_INTERVAL)
-        server.close()
-        for writer in list(open_writers):   # every relay's reads end, and its task with them
-            _abort(writer)
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        await asyncio.wait(others, timeout=JOIN_TIMEOUT / 2) if others else None
+    async def start(listener: socket.socket, log: Transcript) -> Serving:
+        return await Serving.streams(connection, listener, log, tls=accept_tls,
+                                     handshake_timeout=handshake_timeout)
+
+    serve_in_thread(start, listener, stop, log)
 
 
 async def _connect(backend: tuple, context, server_hostname, buffer):

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 import sys
 import weakref
 from typing import Awaitable, Callable, Optional
@@ -72,18 +73,28 @@ class Serving:
         self.stopping = False
         self.shortage = OutOfDescriptors(log)
         self.accepting: Optional[asyncio.Task] = None
+        self.tls: Optional[ssl.SSLContext] = None   # (streams(tls=...)): "accept" after the handshake
 
     # --- starting ---
 
     @classmethod
     async def streams(cls, handler: Handler, listener: socket.socket, log: Transcript,
-                      limit: int = 2 ** 16) -> "Serving":
+                      limit: int = 2 ** 16, tls: Optional[ssl.SSLContext] = None,
+                      handshake_timeout: float = 10.0) -> "Serving":
         """Serve ``handler(reader, writer, who)`` on ``listener``, each connection as streams
-        (``limit``: the StreamReader's, the longest line readline() takes)."""
+        (``limit``: the StreamReader's, the longest line readline() takes). With ``tls`` (a
+        server context), each connection's TLS handshake comes first, within
+        ``handshake_timeout`` seconds; "accept" is recorded once it is done ("over TLSv1.3"),
+        a failed one as that client's error, and the handler gets the plaintext streams."""
         serving = cls(listener, log)
+        serving.tls = tls
 
         async def connected(conn: socket.socket, who: str) -> None:
-            reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+            else:
+                reader, writer = await _tls_streams(conn, tls, limit, handshake_timeout)
+                log.record(SERVER, ACCEPT, who, detail=f"over {writer.get_extra_info('ssl_object').version()}")
             serving.transports.add(writer.transport)
             try:
                 await handler(reader, writer, who)
@@ -133,7 +144,8 @@ class Serving:
             self.shortage.accepted()
             self.accepted += 1
             who = f"client {self.accepted}"
-            self.log.record(SERVER, ACCEPT, who)
+            if self.tls is None:
+                self.log.record(SERVER, ACCEPT, who)
             # A task of its own, named for its client: asyncio's debug messages show the name.
             task = loop.create_task(self._run(connected, conn, who), name=who)
             self.tasks[task] = None
@@ -175,6 +187,18 @@ class Serving:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
+
+
+async def _tls_streams(conn: socket.socket, context: ssl.SSLContext, limit: int,
+                       handshake_timeout: float):
+    """The server's side of a TLS handshake on an accepted socket; its plaintext streams.
+    (What asyncio.start_server(ssl=...) does for each connection it accepts.)"""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context,
+                                                      ssl_handshake_timeout=handshake_timeout)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def close_writer(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIMEOUT) -> None:
