@@ -26,9 +26,11 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import textwrap
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
@@ -161,7 +163,9 @@ def whole_number(minimum: int, maximum: int, what: str = "a number"):
 def lesson_parser(doc: str, name: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser of ``python -m lessons.NAME``, and the place to add its commands.
     With no command, a lesson runs its demo."""
-    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}", description=doc.strip().splitlines()[0],
+    width = max(shutil.get_terminal_size().columns - 2, 40)   # as argparse wraps the rest
+    concept = textwrap.fill(doc.strip().splitlines()[0], width)  # (the raw formatter would not)
+    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}", description=concept,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="With no command, runs the demo.")
     commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
