@@ -101,8 +101,10 @@ def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript
         try:
             # suppress_ragged_eofs=False: a TCP close without close_notify is an error, not an
             # end: anyone on the path can forge a FIN, so only close_notify proves "that was all".
-            with context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
-                stop.track(tls)   # the wrapped socket is the one to wake when stopping
+            with context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False,
+                                     do_handshake_on_connect=False) as tls:
+                stop.track(tls)   # conn is detached now: this is the socket to wake when stopping,
+                tls.do_handshake()   # from the handshake on (else stopping waits for its timeout)
                 log.record(SERVER, NOTE, who, detail=f"handshake done: {tls.version()}")
                 echo_kit.handle(tls, log, who)   # lesson 02's loop: recv → b'' at close_notify
                 log.record(SERVER, SHUTDOWN, who, detail="close_notify")

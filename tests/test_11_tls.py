@@ -196,6 +196,17 @@ def test_a_slow_handshake_is_dropped(ca, trusting):
         assert tls.tls_echo(srv.address, b"still here", trusting) == b"still here"
 
 
+def test_stopping_does_not_wait_for_a_handshake_that_never_comes(ca):
+    # The handshake read from a socket the stopper could not wake (wrap_socket detaches the one
+    # it tracks): `serve` took the whole 10 s handshake timeout to stop, failing with a traceback.
+    with echo_server(ca.certfile) as srv:
+        with adversary.silent(srv.address):
+            assert srv.log.wait_for_event(SERVER, "accept")
+            time.sleep(0.3)  # its thread is now waiting in the handshake (not a timed assertion)
+            srv.shutdown()   # while it is still there; raises if the thread took over JOIN_TIMEOUT
+            assert srv.errors == [] and not srv.thread.is_alive()
+
+
 def test_past_its_limit_a_connection_is_closed_at_once_and_the_others_go_on(ca, trusting):
     # A thread each, without a bound, ends for everyone when threads or memory run out: under
     # a 1.5 GB address-space limit, 52 silent connections ended `serve` ("can't start new thread").
