@@ -31,30 +31,31 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import itertools
 import selectors
 import socket
 import ssl
 import struct
 import sys
-import threading
 
 from rich.console import Console
 
 from lessons.kit import echo as echo_kit
-from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
+from lessons.kit.aio import Serving, serve_in_thread
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, say, seconds,
                              serve_command, serve_forever, stderr)
 from lessons.kit.lineclient import ChatClient, converse, show
 from lessons.kit.processes import ServerProcess
-from lessons.kit.server import JOIN_TIMEOUT, POLL_INTERVAL, accept_until, running
+from lessons.kit.server import accept_until, running
+from lessons.kit.threaded import serve_threads
 from lessons.kit.tls import Authority, explain
-from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, ERROR, NOTE, RECV, SEND,
+from lessons.kit.transcript import (CLIENT, CLOSE, CONNECT, EOF, ERROR, NOTE, RECV, SEND,
                                     SERVER, SHUTDOWN, Transcript)
 
 TITLE = "TLS: the echo server and the chat room, encrypted and verified"
 RECV_SIZE = 65536
 CHUNK = 16384              # one TLS record holds at most 16 KiB of data
 HANDSHAKE_TIMEOUT = 10.0   # seconds a new connection has to finish its handshake
+MAX_CLIENTS = 100          # echo clients served at once, a thread each; one more is turned away
 RELAY_BUFFER = 256 * 1024  # bytes of kernel buffer per relayed socket (see _buffers)
 
 
@@ -83,19 +84,14 @@ def naive_client_context() -> ssl.SSLContext:
 # --- The echo server: lesson 02's contract, over TLS, a thread per client. ---
 
 def serve(listener: socket.socket, stop, log: Transcript, *, context: ssl.SSLContext,
-          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
-    """Echo each client over TLS in its own thread (a slow handshake must not hold the others)."""
-    threads = []
-    arrivals = accept_until(listener, stop, log, idle_timeout=handshake_timeout)
-    for number, (conn, _) in enumerate(arrivals, 1):
-        who = f"client {number}"
-        log.record(SERVER, ACCEPT, who)
-        thread = threading.Thread(target=echo_one, args=(conn, context, stop, log, who),
-                                           name=who, daemon=True)
-        thread.start()
-        threads = [t for t in threads if t.is_alive()] + [thread]
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
+          handshake_timeout: float = HANDSHAKE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
+    """Echo each client over TLS in its own thread (a slow handshake must not hold the others).
+    At most max_clients at once (kit.threaded): one more is closed before its handshake, since
+    a thread each without a bound ends when threads or memory run out, for everyone."""
+    def one(conn: socket.socket, log: Transcript, who: str) -> None:
+        echo_one(conn, context, stop, log, who)
+
+    serve_threads(listener, stop, log, one, max_clients=max_clients, idle_timeout=handshake_timeout)
 
 
 def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript,
@@ -105,8 +101,10 @@ def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript
         try:
             # suppress_ragged_eofs=False: a TCP close without close_notify is an error, not an
             # end: anyone on the path can forge a FIN, so only close_notify proves "that was all".
-            with context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
-                stop.track(tls)   # the wrapped socket is the one to wake when stopping
+            with context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False,
+                                     do_handshake_on_connect=False) as tls:
+                stop.track(tls)   # conn is detached now: this is the socket to wake when stopping,
+                tls.do_handshake()   # from the handshake on (else stopping waits for its timeout)
                 log.record(SERVER, NOTE, who, detail=f"handshake done: {tls.version()}")
                 echo_kit.handle(tls, log, who)   # lesson 02's loop: recv → b'' at close_notify
                 log.record(SERVER, SHUTDOWN, who, detail="close_notify")
@@ -114,7 +112,6 @@ def echo_one(conn: socket.socket, context: ssl.SSLContext, stop, log: Transcript
         except (OSError, ValueError) as exc:   # failed handshake, reset, truncation: this one only
             if not stop.is_set():
                 log.record(SERVER, ERROR, who, detail=explain(exc))
-        log.record(SERVER, CLOSE, who)
 
 
 # --- The echo client: one thread, a non-blocking socket, a selector, TLS in memory. ---
@@ -208,33 +205,26 @@ def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
           buffer: int | None = None) -> None:
     """Relay each connection to ``backend``, both ways, until stopped. ``accept_tls``: clients
     speak TLS (termination, as ``serve --chat``); ``connect_tls``: the backend does (origination).
-    ``buffer``: the kernel's buffers for each socket, in bytes (None: the kernel's choice)."""
-    asyncio.run(_relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
-                       handshake_timeout, buffer))
-
-
-async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_hostname,
-                 handshake_timeout, buffer):
-    numbers, open_writers = itertools.count(1), set()
-
-    async def connection(client_in: asyncio.StreamReader,
-                         client_out: asyncio.StreamWriter) -> None:
+    ``buffer``: the kernel's buffers for each socket, in bytes (None: the kernel's choice).
+    It runs on kit.aio's Serving, which, out of file descriptors, says so once and waits
+    (asyncio.start_server() prints a traceback for every accept() that fails, over and over)."""
+    async def connection(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter,
+                         who: str) -> None:
         # Called once the client's handshake is done (a failed one never gets here).
-        who = f"client {next(numbers)}"
-        tls = client_out.get_extra_info("ssl_object")
-        log.record(SERVER, ACCEPT, who, detail=f"over {tls.version()}" if tls else "")
         writers = [client_out]
-        open_writers.add(client_out)
         _buffers(client_out.get_extra_info("socket"), buffer)
         try:
             backend_in, backend_out = await asyncio.wait_for(
                 _connect(backend, connect_tls, server_hostname, buffer), handshake_timeout)
             writers.append(backend_out)
-            open_writers.add(backend_out)
             pipes = [asyncio.ensure_future(_pipe(client_in, backend_out)),
                      asyncio.ensure_future(_pipe(backend_in, client_out))]
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [p.exception() for p in pipes if p.done() and p.exception()]
+            try:
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+            finally:                        # stopping cancels us: the pipes end with us
+                for pipe in pipes:
+                    pipe.cancel()
+            failed = [p.exception() for p in pipes if p.done() and not p.cancelled() and p.exception()]
             if failed:                      # a reset on one side: pass it on to the other
                 for writer in writers:
                     _abort(writer)
@@ -246,23 +236,15 @@ async def _relay(listener, stop, log, backend, accept_tls, connect_tls, server_h
             _abort(client_out)
         except asyncio.CancelledError:      # stopping: end quietly
             pass
-        finally:
-            for writer in writers:
-                writer.close()
-                open_writers.discard(writer)
-            log.record(SERVER, CLOSE, who)
+        finally:                            # the client's side: Serving closes it
+            for writer in writers[1:]:      # stopping: at once, with whatever is still queued
+                _abort(writer) if stop.is_set() else writer.close()
 
-    server = await asyncio.start_server(
-        connection, sock=listener, ssl=accept_tls,
-        ssl_handshake_timeout=handshake_timeout if accept_tls else None)
-    async with server:
-        while not stop.is_set():
-            await asyncio.sleep(POLL_INTERVAL)
-        server.close()
-        for writer in list(open_writers):   # every relay's reads end, and its task with them
-            _abort(writer)
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        await asyncio.wait(others, timeout=JOIN_TIMEOUT / 2) if others else None
+    async def start(listener: socket.socket, log: Transcript) -> Serving:
+        return await Serving.streams(connection, listener, log, tls=accept_tls,
+                                     handshake_timeout=handshake_timeout)
+
+    serve_in_thread(start, listener, stop, log)
 
 
 async def _connect(backend: tuple, context, server_hostname, buffer):
@@ -435,7 +417,7 @@ def chat_over_tls(console: Console) -> str:
 def announce(server, cafile):
     """``server``, printing the CA file's path first (on the line after "listening on")."""
     def run(listener, stop, log):
-        print(f"CA certificate: {cafile}", flush=True)
+        say(f"CA certificate: {cafile}")
         server(listener, stop, log)
     return run
 

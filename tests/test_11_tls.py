@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -195,6 +196,31 @@ def test_a_slow_handshake_is_dropped(ca, trusting):
         assert tls.tls_echo(srv.address, b"still here", trusting) == b"still here"
 
 
+def test_stopping_does_not_wait_for_a_handshake_that_never_comes(ca):
+    # The handshake read from a socket the stopper could not wake (wrap_socket detaches the one
+    # it tracks): `serve` took the whole 10 s handshake timeout to stop, failing with a traceback.
+    with echo_server(ca.certfile) as srv:
+        with adversary.silent(srv.address):
+            assert srv.log.wait_for_event(SERVER, "accept")
+            time.sleep(0.3)  # its thread is now waiting in the handshake (not a timed assertion)
+            srv.shutdown()   # while it is still there; raises if the thread took over JOIN_TIMEOUT
+            assert srv.errors == [] and not srv.thread.is_alive()
+
+
+def test_past_its_limit_a_connection_is_closed_at_once_and_the_others_go_on(ca, trusting):
+    # A thread each, without a bound, ends for everyone when threads or memory run out: under
+    # a 1.5 GB address-space limit, 52 silent connections ended `serve` ("can't start new thread").
+    with echo_server(ca.certfile) as srv:
+        with contextlib.ExitStack() as stack:
+            for _ in range(tls.MAX_CLIENTS):   # connected, never say ClientHello
+                stack.enter_context(adversary.silent(srv.address))
+            with socket.create_connection(srv.address, timeout=5) as extra:
+                assert extra.recv(1) == b""    # closed now, not after the 10 s handshake timeout
+        assert srv.log.wait_for(lambda evs: sum(e.kind == CLOSE for e in evs) == tls.MAX_CLIENTS, 5)
+        assert [e.detail for e in srv.log.events() if e.kind == ERROR][:1] == ["refused: too many clients"]
+        assert tls.tls_echo(srv.address, b"a place again", trusting) == b"a place again"
+
+
 # --- TLS on a non-blocking socket: what a selector cannot see ---
 
 def test_pending_holds_data_that_select_does_not_show(server, trusting):
@@ -300,6 +326,25 @@ def test_the_chat_over_tls_from_the_command_line():
             # asyncio's TLS answers a close_notify by closing, so the room's last line can be lost.)
         code, err = srv.stop(signal.SIGTERM)
     assert code == 0 and "Traceback" not in err
+
+
+def test_the_tls_room_out_of_descriptors_says_so_once_and_recovers():
+    # asyncio.start_server() printed a traceback for every accept() that failed with EMFILE,
+    # over and over while it lasted (15,536 lines in 5 s, with 300 connections and 200 descriptors).
+    script = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+              "sys.argv = ['11_tls', 'serve', '--chat', *sys.argv[1:]]; "
+              "runpy.run_module('lessons.11_tls', run_name='__main__')")
+    with ServerProcess(["-c", script]) as srv:
+        cafile = srv.proc.stdout.readline().strip().split(": ", 1)[1]
+        with contextlib.ExitStack() as stack:
+            for _ in range(100):                     # past the 64 descriptors
+                stack.enter_context(socket.create_connection(srv.address, timeout=5))
+            time.sleep(1.0)                          # while it lasts: what is logged?
+        with ChatClient(srv.address, ssl_context=tls.client_context(cafile), timeout=10) as late:
+            assert late.greeting == "* welcome to the chat room; what is your name?"
+        code, err = srv.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err
+    assert err.count("out of file descriptors") == 1 and "descriptors free again" in err
 
 
 OPENSSL = shutil.which("openssl")

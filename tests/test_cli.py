@@ -7,7 +7,8 @@ import pytest
 
 from lessons.kit import adversary
 from lessons.kit.processes import ServerProcess
-from tests.conftest import ROOT, run_module
+from lessons.kit.cli import lesson_parser
+from tests.conftest import ROOT, lesson, run_module
 
 LESSONS = sorted(path.stem for path in (ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 # Demos that their own lesson's tests run already, in process (no need to pay twice).
@@ -31,6 +32,14 @@ def test_help(name):
     result = run_module(f"lessons.{name}", "--help")
     assert result.returncode == 0
     assert "{demo,serve,client}" in result.stdout
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_the_help_fits_an_80_column_terminal(name, monkeypatch):
+    # The concept line (the docstring's first) was printed raw: up to 112 columns, cut mid-word.
+    monkeypatch.setenv("COLUMNS", "80")
+    parser, _ = lesson_parser(lesson(name).__doc__, name)
+    assert max(len(line) for line in parser.format_help().splitlines()) <= 80
 
 
 @pytest.mark.parametrize("name", DEMOS)

@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 import sys
 import weakref
 from typing import Awaitable, Callable, Optional
 
 from rich.text import Text
 
-from .cli import STOP_SIGNALS, describe_address, ignore_stop_signals, stderr
+from .cli import STOP_SIGNALS, describe_address, ignore_stop_signals, log_line, say
 from .server import (ACCEPT_BACKOFF, CLIENT_GAVE_UP, POLL_INTERVAL, OutOfDescriptors,
                      Stopper, listen)
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Event, Transcript
@@ -72,18 +73,28 @@ class Serving:
         self.stopping = False
         self.shortage = OutOfDescriptors(log)
         self.accepting: Optional[asyncio.Task] = None
+        self.tls: Optional[ssl.SSLContext] = None   # (streams(tls=...)): "accept" after the handshake
 
     # --- starting ---
 
     @classmethod
     async def streams(cls, handler: Handler, listener: socket.socket, log: Transcript,
-                      limit: int = 2 ** 16) -> "Serving":
+                      limit: int = 2 ** 16, tls: Optional[ssl.SSLContext] = None,
+                      handshake_timeout: float = 10.0) -> "Serving":
         """Serve ``handler(reader, writer, who)`` on ``listener``, each connection as streams
-        (``limit``: the StreamReader's, the longest line readline() takes)."""
+        (``limit``: the StreamReader's, the longest line readline() takes). With ``tls`` (a
+        server context), each connection's TLS handshake comes first, within
+        ``handshake_timeout`` seconds; "accept" is recorded once it is done ("over TLSv1.3"),
+        a failed one as that client's error, and the handler gets the plaintext streams."""
         serving = cls(listener, log)
+        serving.tls = tls
 
         async def connected(conn: socket.socket, who: str) -> None:
-            reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+            else:
+                reader, writer = await _tls_streams(conn, tls, limit, handshake_timeout)
+                log.record(SERVER, ACCEPT, who, detail=f"over {writer.get_extra_info('ssl_object').version()}")
             serving.transports.add(writer.transport)
             try:
                 await handler(reader, writer, who)
@@ -133,7 +144,8 @@ class Serving:
             self.shortage.accepted()
             self.accepted += 1
             who = f"client {self.accepted}"
-            self.log.record(SERVER, ACCEPT, who)
+            if self.tls is None:
+                self.log.record(SERVER, ACCEPT, who)
             # A task of its own, named for its client: asyncio's debug messages show the name.
             task = loop.create_task(self._run(connected, conn, who), name=who)
             self.tasks[task] = None
@@ -175,6 +187,18 @@ class Serving:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
+
+
+async def _tls_streams(conn: socket.socket, context: ssl.SSLContext, limit: int,
+                       handshake_timeout: float):
+    """The server's side of a TLS handshake on an accepted socket; its plaintext streams.
+    (What asyncio.start_server(ssl=...) does for each connection it accepts.)"""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context,
+                                                      ssl_handshake_timeout=handshake_timeout)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def close_writer(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -288,13 +312,13 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         where = describe_address((args.host, args.port))
-        stderr.print(Text(f"cannot listen on {where}: {reason}", style="red"))
+        log_line(Text(f"cannot listen on {where}: {reason}", style="red"))
         return 1
     log = Transcript(maxlen=1000, live=None if quiet else _log_live,
                      kinds=set() if quiet else {ACCEPT, CLOSE, ERROR, NOTE})
 
     def announce(serving: Serving) -> None:
-        print(f"listening on {describe_address(serving.address, listener.family)}", flush=True)
+        say(f"listening on {describe_address(serving.address, listener.family)}")
 
     async def serve_then_stay_stopped() -> Serving:
         serving = await until_signalled(start, listener, log, announce)
@@ -307,9 +331,9 @@ def serve_in_foreground(start: Start, args, quiet: bool = False) -> int:
         listener.close()
     if serving.failure() is not None:
         failure = serving.failure()
-        stderr.print(Text(f"server failed: {type(failure).__name__}: {failure}", style="red"))
+        log_line(Text(f"server failed: {type(failure).__name__}: {failure}", style="red"))
         return 1
-    stderr.print(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
+    log_line(Text(f"stopped: {serving.cancelled} task(s) cancelled, every connection closed",
                       style="dim"))
     return 0
 
@@ -335,5 +359,5 @@ def stay_stopped(loop: asyncio.AbstractEventLoop) -> None:
 
 def _log_live(event: Event) -> None:
     who = f"{event.who}: " if event.who and event.kind != ACCEPT else ""
-    stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"),
-                 soft_wrap=True)
+    log_line(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"),
+             soft_wrap=True)

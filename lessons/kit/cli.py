@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import shutil
 import signal
 import socket
 import sys
+import textwrap
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
@@ -38,11 +41,61 @@ from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
 
 DEFAULT_HOST = "127.0.0.1"
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C, and what kill, timeout and CI send
+
+
+# --- A server's own output: never a reason for it to stop. ---
+
+class _Stderr(Console):
+    """rich's Console on stderr, except when stderr's reader has gone: rich then exits
+    the process (SystemExit(1), from whichever thread was logging), which would end a
+    server because nobody reads its log. This one falls silent instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _reader_gone(sys.stderr, 2)
+
+
 # Serve mode logs to stderr so stdout carries only the "listening on" line
 # (and nothing else a script might have to parse).
-stderr = Console(stderr=True, highlight=False)
+stderr = _Stderr(stderr=True, highlight=False)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C, and what kill, timeout and CI send
+def _reader_gone(stream, fd: int) -> None:
+    """Whoever read this stream (a pipe, a terminal) has gone: point its descriptor at
+    /dev/null, so that neither a later line nor the interpreter's last flush fails again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):   # not a real file (a notebook's stream)
+        pass
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def say(text: str) -> None:
+    """Print a line to stdout at once (``listening on ...``). If nobody reads stdout any more
+    (``serve | head -0``, a closed terminal), the server goes on without it."""
+    try:
+        print(text, flush=True)
+    except BlockingIOError:   # a non-blocking terminal, full for now: lose this line only
+        pass
+    except OSError:           # EPIPE (the pipe's reader exited), EIO (the terminal closed)
+        _reader_gone(sys.stdout, 1)
+
+
+def log_line(text, **options) -> None:
+    """Print a line of the server's log to stderr. If nobody reads stderr any more
+    (``serve 2>&1 | head -1``, a closed terminal), the server goes on, unlogged:
+    a log line that cannot be written must never cost a client its connection."""
+    try:
+        stderr.print(text, **options)
+    except BlockingIOError:
+        pass
+    except OSError:           # EIO: the terminal has gone (a broken pipe: on_broken_pipe)
+        stderr.quiet = True
+        _reader_gone(sys.stderr, 2)
 
 
 # --- Argument types: each refuses nonsense with a one-line message. ---
@@ -110,7 +163,9 @@ def whole_number(minimum: int, maximum: int, what: str = "a number"):
 def lesson_parser(doc: str, name: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser of ``python -m lessons.NAME``, and the place to add its commands.
     With no command, a lesson runs its demo."""
-    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}", description=doc.strip().splitlines()[0],
+    width = max(shutil.get_terminal_size().columns - 2, 40)   # as argparse wraps the rest
+    concept = textwrap.fill(doc.strip().splitlines()[0], width)  # (the raw formatter would not)
+    parser = argparse.ArgumentParser(prog=f"python -m lessons.{name}", description=concept,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="With no command, runs the demo.")
     commands = parser.add_subparsers(dest="command", metavar="{demo,serve,client}")
@@ -154,8 +209,8 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
             listener = bound_socket(transport, args.host, args.port)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or exc
-            stderr.print(Text(f"cannot listen on {describe_address((args.host, args.port))}: {reason}",
-                              style="red"))
+            log_line(Text(f"cannot listen on {describe_address((args.host, args.port))}: {reason}",
+                          style="red"))
             return 1
     quiet = getattr(args, "quiet", False)
     # In the foreground, log who comes and goes, not every recv and send: printing
@@ -174,7 +229,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     # signals at any moment, whatever the server is blocked on.
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        print(f"listening on {describe_address(server.address, listener.family)}", flush=True)
+        say(f"listening on {describe_address(server.address, listener.family)}")
         server.start()
         while not server.stop.wait(0.2):
             pass
@@ -184,9 +239,9 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if server.errors:
-        stderr.print(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
+        log_line(Text(f"server failed: {type(server.errors[0]).__name__}: {server.errors[0]}", style="red"))
         return 1
-    stderr.print("[dim]stopped[/]")
+    log_line("[dim]stopped[/]")
     return 0
 
 
@@ -230,7 +285,7 @@ def describe_address(address, family: int = socket.AF_INET) -> str:
 def _log_live(event: Event) -> None:
     # A Text, not markup: a client's name may contain "[bold]".
     who = f"{event.who}: " if event.who and event.kind != "accept" else ""
-    stderr.print(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
+    log_line(Text(who + event.describe(), style="red" if event.kind == ERROR else "dim"), soft_wrap=True)
 
 
 def run_lesson(argv: Optional[Sequence[str]], *, doc: str, name: str,

@@ -6,6 +6,7 @@ load generator's.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import pathlib
@@ -32,6 +33,7 @@ def workbook_root(installed_at: pathlib.Path | None = None, here: pathlib.Path |
 
 
 ROOT = workbook_root()
+MAX_LOG = 1 << 20   # bytes of a child's stderr kept (the last ones)
 
 
 class ServerProcess:
@@ -57,6 +59,12 @@ class ServerProcess:
         self.address = None
         self.returncode: int | None = None
         self.stderr = ""
+        # Its log is read as it comes, by a thread of ours: a pipe holds only 64 KiB, and a
+        # server that fills it would block in its next log line, every client with it.
+        self._log: collections.deque[str] = collections.deque()
+        self._log_size = 0
+        self._log_reader = threading.Thread(target=self._read_log, name="server-log", daemon=True)
+        self._log_reader.start()
         try:   # whatever interrupts the start (Ctrl-C, SIGTERM made an exception), the child must not outlive us
             line = _readline(self.proc, start_timeout)
         except BaseException:
@@ -70,6 +78,14 @@ class ServerProcess:
                                + detail)
         host, port = line.split()[-1].rsplit(":", 1)
         self.address = (host.strip("[]"), int(port))
+
+    def _read_log(self) -> None:
+        """Keep the last MAX_LOG bytes of the child's stderr, until it closes it."""
+        for line in self.proc.stderr:
+            self._log.append(line)
+            self._log_size += len(line)
+            while self._log_size > MAX_LOG and len(self._log) > 1:
+                self._log_size -= len(self._log.popleft())
 
     @classmethod
     def lesson(cls, name: str, *options: str, **kwargs) -> "ServerProcess":
@@ -118,11 +134,15 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        self.returncode, self.stderr = self.proc.returncode, self.stderr + (err or "")
+            self.proc.wait()
+        self._log_reader.join(timeout)   # EOF once the child (and any child of its) has gone
+        self.proc.stdout.close()
+        if not self._log_reader.is_alive():
+            self.proc.stderr.close()
+        self.returncode, self.stderr = self.proc.returncode, "".join(self._log)
         return self.returncode, self.stderr
 
     def __enter__(self) -> "ServerProcess":
