@@ -17,7 +17,6 @@ import sys
 import threading
 
 
-
 def workbook_root(installed_at: pathlib.Path | None = None, here: pathlib.Path | None = None) -> pathlib.Path:
     """The checkout of the workbook: the directory that holds benchmarks/ and notebooks/.
 
