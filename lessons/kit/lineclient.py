@@ -72,6 +72,7 @@ class LineClient:
         self._closed = threading.Event()
         self._closing = False
         self._pending, self._skipping = b"", False
+        self.heard = time.monotonic()    # when the server last sent something
         self._reader = threading.Thread(target=self._read, name="line-client-reader", daemon=True)
         self._reader.start()
 
@@ -89,6 +90,7 @@ class LineClient:
                 if not data:
                     self.close_reason = "closed"
                     break
+                self.heard = time.monotonic()
                 self._split(data)
         except ConnectionResetError:
             self.close_reason = "reset"
@@ -248,10 +250,25 @@ def relay_stdin(client: LineClient, echo: Optional[Callable[[str], None]] = None
             if pending:
                 client.say(pending.decode("utf-8", errors="replace"))
             ended.set()
+            if isinstance(client.sock, TLSStream):
+                wait_until_quiet(client)
             client.sock.shutdown(socket.SHUT_WR)   # "I have nothing more to say"
 
     threading.Thread(target=relay, name="stdin-relay", daemon=True).start()
     return ended
+
+
+def wait_until_quiet(client: LineClient, quiet: float = 0.5) -> None:
+    """Wait until the server has said nothing for ``quiet`` seconds (at most the client's
+    timeout), or has closed. Before a half-close over TLS: TLS has one (close_notify), but
+    many TLS servers, asyncio's among them, close the whole connection when it arrives,
+    and what they were still sending in answer is lost."""
+    deadline = time.monotonic() + client.timeout
+    while not client.closed and time.monotonic() < deadline:
+        left = client.heard + quiet - time.monotonic()
+        if left <= 0:
+            return
+        client.wait_closed(min(left, deadline - time.monotonic()))
 
 
 def converse(client: LineClient, console: Console, goodbye: str = chat.BYE) -> int:

@@ -104,11 +104,15 @@ class TLSStream:
         """(Under the lock.) Decrypt whatever the incoming buffer holds into _early."""
         while not self._ended:
             try:
-                self._early += self.tls.read(RECV_SIZE)
+                data = self.tls.read(RECV_SIZE)
             except ssl.SSLWantReadError:
                 return
             except ssl.SSLZeroReturnError:
                 self._ended = True
+                return
+            if not data:        # the TCP connection ended with no close_notify (or after ours)
+                return
+            self._early += data
 
     def sendall(self, data: bytes) -> None:
         """Encrypt all of data and send it."""
