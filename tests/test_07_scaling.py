@@ -256,6 +256,7 @@ def test_the_committed_chat_run_shows_both_rooms_at_every_size_and_never_cuts_a_
     for p in points:
         if p.correct:
             assert f"{p.requests_per_second:,.0f}" in flat and p.delivered == p.sent * (p.connections - 1)
+            assert f"{p.cpu_us_per_request:.1f}" in flat and f"{p.generator_busy:.0%}" in flat
         if p.rss_per_idle_connection == p.rss_per_idle_connection:
             assert f"{p.rss_per_idle_connection / 1024:,.1f}" in flat
 

@@ -213,11 +213,14 @@ def measure_chat(server: ServerProcess, name: str, members: int, duration: float
                  senders: int = CHAT_SENDERS, client_cpus=None) -> Point:
     """One point of experiment 3, on a fresh room: memory per idle member, then the fan-out."""
     point = Point(name, members, experiment="chat", load_average=os_loadavg()[0])
-    empty, alone = server.open_files(), server.rss_kib()
+    empty, alone, cpu = server.open_files(), server.rss_kib(), server.cpu_seconds()
     try:
         per_member = fanout.idle_member_kib(server.address, members, server.rss_kib)
     except (OSError, TimeoutError) as exc:
-        point.note = f"could not hold {members:,} idle members: {exc}"
+        point.server_cpu_seconds = server.cpu_seconds() - cpu   # what the room spent trying
+        joining = 2 * members + members * (members - 1) // 2    # greeting, welcome, and each join announced
+        point.note = f"could not hold {members:,} idle members: {exc}" + (
+            f", of the {joining:,} that joining takes" if isinstance(exc, TimeoutError) else "")
         return point
     if members >= CHAT_MEMORY_FROM:
         point.rss_per_idle_connection = max(0.0, per_member * 1024)

@@ -63,7 +63,7 @@ def _rows(points, experiment: str, footnotes: list[str]) -> list[list[str]]:
 
 HEADERS = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "B/idle conn"]
 CHAT_TITLE = "3. Chat fan-out: ten members talk, every member listens"
-CHAT_HEADERS = ["lines/s", "said", "CPU µs/line", "KiB/idle", "client CPU"]
+CHAT_HEADERS = ["lines/s", "said", "µs/line", "KiB/idle", "client CPU"]
 
 
 def _fitted(title: str, first: str, x_name: str, headers: list[str], rows: list[list[str]], width: int) -> list:
@@ -75,7 +75,7 @@ def _fitted(title: str, first: str, x_name: str, headers: list[str], rows: list[
 
     columns = [first, x_name, *headers]
     numbers = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(columns) if i > 0]
-    if sum(numbers) + MIN_NAME + 2 * len(columns) <= width:
+    if sum(numbers) + MIN_NAME + 3 * (len(columns) - 1) <= width:   # a space either side of each rule
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                       pad_edge=False, show_edge=False, title_style="bold")
         table.add_column(first, overflow="fold", min_width=MIN_NAME)
@@ -125,7 +125,7 @@ def chat_tables(points, width: int = 80) -> list:
                       "not the room's")
     legend += ["lines/s: lines delivered per second, all members together (each line said reaches every other "
                "member); shown only where every line reached every other member, in each sender's order",
-               "said: lines the talkers said in all; CPU µs/line: the room's CPU time per line delivered; "
+               "said: lines the talkers said in all; µs/line: the room's CPU time per line delivered; "
                "client CPU: the lab's own CPU time per second of talking (one thread reads every member's socket)",
                "KiB/idle: the room's memory per member while all are in and silent, shown from 100 members"]
     out.extend(Text(line) for line in legend)
