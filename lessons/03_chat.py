@@ -41,13 +41,14 @@ from rich.text import Text
 
 # The character tables and the longer texts of the protocol: lessons/kit/chat.py.
 from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, CROWDED, FLAG, IDLE_BYE, LEFT, LEFT_IDLE,
-                              LEFT_SLOW, NAME_INVISIBLE, NAME_LENGTH, NAME_MARKS, NAME_MIXED,
-                              NAMING_TOO_SLOW, SCRIPT_MIXES, SHOWS_NOTHING, encode, fit,
-                              room_limits, script_of, shows_safely, stacks_marks, who_line)
+                              LEFT_SLOW, MAX_WAITING, NAME_INVISIBLE, NAME_LENGTH, NAME_MARKS,
+                              NAME_MIXED, NAMING_TOO_SLOW, RESERVED_FDS, SCRIPT_MIXES,
+                              SHOWS_NOTHING, encode, fit, room_limits, script_of, shows_safely,
+                              stacks_marks, who_line)
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
-                             serve_command, serve_forever)
+                             serve_command, serve_forever, whole_number)
 from lessons.kit.lineclient import ChatClient, converse, show
-from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, running
+from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, raise_fd_limit, running
 from lessons.kit.stream import LineTooLong, read_lines
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Transcript
 
@@ -461,12 +462,22 @@ def main(argv=None) -> int:
     serve_cmd.add_argument("--naming-timeout", type=seconds(0, 3600), default=NAMING_TIMEOUT,
                            metavar="SECONDS", help="drop a connection that gives no name within "
                                                    "this (default %(default)g)")
+    serve_cmd.add_argument("--max-members", type=whole_number(1, 10_000, "--max-members"),
+                           metavar="N", help="named members at most, up to 10,000: two threads "
+                                             "each (default: what this process has file "
+                                             "descriptors for, up to 500)")
     client_cmd = client_command(commands, port=9903)
     client_cmd.add_argument("--name", help="your name in the room (else type it when asked)")
     args = parser.parse_args(argv)
     if args.command == "serve":
+        if args.max_members:   # a socket is a file: N members need N descriptors, and a few more
+            need = args.max_members + MAX_WAITING + RESERVED_FDS
+            raise_fd_limit(need)
+            if (limit := fd_limit()) is not None and limit < need:
+                serve_cmd.error(f"--max-members {args.max_members:,} needs {need:,} open files, "
+                                f"and this system allows {limit:,} (ulimit -n)")
         room = functools.partial(serve, idle_timeout=args.idle_timeout,
-                                 naming_timeout=args.naming_timeout)
+                                 naming_timeout=args.naming_timeout, max_members=args.max_members)
         return serve_forever(room, args, "03_chat")
     if args.command == "client":
         return run_client(client, args)

@@ -257,6 +257,43 @@ def test_serve_refuses_absurd_timeouts():
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("value, message", [
+    ("0", "--max-members must be between 1 and 10,000, not 0"),
+    ("10001", "--max-members must be between 1 and 10,000, not 10,001"),
+    ("lots", "not a whole number: 'lots'"),
+])
+def test_serve_refuses_a_nonsense_room_size(value, message):
+    result = run_module("lessons.03_chat", "serve", "--max-members", value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
+def test_serve_refuses_a_room_size_the_descriptors_cannot_hold():
+    start = ("import resource, runpy, sys\n"
+             "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))\n"
+             "sys.argv = ['lessons.03_chat', 'serve', '--max-members', '1000']\n"
+             "runpy.run_module('lessons.03_chat', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", start], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "--max-members 1,000 needs 1,114 open files, and this system allows 100 (ulimit -n)")
+
+
+def test_serve_max_members_is_honoured_the_next_one_is_turned_away():
+    with ServerProcess.lesson("03_chat", "--quiet", "--max-members", "3") as served, \
+            contextlib.ExitStack() as stack:
+        inside = [stack.enter_context(ChatClient(served.address, f"p{i}")) for i in range(3)]
+        assert all(c.welcome == protocol.welcome(f"p{i}") for i, c in enumerate(inside))
+        with ChatClient(served.address) as late:
+            assert late.greeting == protocol.ROOM_FULL and late.wait_closed(5)
+        inside[0].say("/quit")
+        inside[1].expect("* p0 left")
+        with ChatClient(served.address, "p3") as next_one:   # a place came free
+            assert next_one.welcome == protocol.welcome("p3")
+
+
 def test_serve_with_an_idle_timeout_drops_a_silent_member():
     with ServerProcess.lesson("03_chat", "--idle-timeout", "0.5") as served, \
             ChatClient(served.address, "quiet") as quiet, ChatClient(served.address, "chatty") as chatty:

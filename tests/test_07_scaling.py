@@ -132,6 +132,8 @@ def test_the_committed_run_shows_memory_per_idle_connection_only_from_1000_and_n
     (["--idle", "-1"], "--idle must be between 0 and 20,000, not -1"),
     (["--connections", "lots"], "not a whole number: 'lots'"),
     (["--only", "nothing-like-this"], "matches no server"),
+    (["--members", "1"], "--members must be between 2 and 10,000, not 1"),
+    (["--experiments", "4"], "invalid choice: 4"),
     (["--connections", "20000", "--size", "1048576"], "more than 256 MiB"),
 ])
 def test_bad_lab_options_are_refused_in_one_line(args, message, capsys):
@@ -200,6 +202,63 @@ def test_sigterm_stops_the_lab_and_its_child_server(tmp_path):
     assert lab.returncode == 128 + signal.SIGTERM and "Traceback" not in err
     for kid in kids:
         assert not pathlib.Path(f"/proc/{kid}").exists(), "a child outlived the lab"
+
+
+# --- Experiment 3: chat fan-out, lesson 03's room and lesson 08's. ---
+
+CHAT_RUN = ROOT / "benchmarks" / "scaling" / "full-run-chat" / "results.json"
+
+
+def test_chat_fanout_from_the_command_line_every_line_reaches_every_other_member(tmp_path):
+    result = run_module("lessons.07_scaling", "--experiments", "3", "--members", "10", "--duration", "0.2",
+                        "--out", str(tmp_path), timeout=90)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "3. Chat fan-out" in flat and "Every connection busy" not in flat   # only the experiment asked for
+    assert "03 thread per client" in flat and "08 asyncio" in flat
+    assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.csv", "table.txt"}
+    info, points = scaling.load_results(tmp_path / "results.json")
+    assert info["experiments"] == [3] and info["chat_senders"] == 10
+    assert [(p.architecture, p.connections, p.experiment) for p in points] == [
+        ("03 thread per client", 10, "chat"), ("08 asyncio", 10, "chat")]
+    for p in points:
+        assert p.correct and p.note == "", p.note
+        assert p.sent > 0 and p.sent % 10 == 0                # ten talkers, whole rounds
+        assert p.delivered == p.sent * 9                       # each line to the nine others
+        assert p.requests_per_second > 0 and p.cpu_us_per_request > 0 and p.server_rss_kib > 0
+        assert math.isnan(p.rss_per_idle_connection)          # ten members: not shown
+        assert f"{p.requests_per_second:,.0f}" in flat
+    assert "every point of experiment 3" in (tmp_path / "table.txt").read_text()
+
+
+def test_a_chat_room_that_crashes_or_hangs_up_is_reported_and_the_lab_goes_on():
+    rooms = {"crashes": CRASHES, "hangs up": REFUSES}
+    points = scaling.run_chat(rooms, [3, 5], duration=0.1, progress=False)
+    by = {(p.architecture, p.connections): p for p in points}
+    assert by[("crashes", 3)].note == "did not start (exit 3)"
+    assert by[("crashes", 5)].note == "not run: did not start"
+    assert by[("hangs up", 3)].note.startswith("could not hold 3 idle members: ")   # closed, or reset
+    assert by[("hangs up", 5)].note == "not run: fell over at 3"
+    assert not any(p.correct for p in points)
+    text = render(lab_tables(points, {}, width=80), 80)
+    assert "fails [1]" in text and "[2] hangs up, 3 members: could not hold 3 idle members" in " ".join(text.split())
+
+
+@pytest.mark.skipif(not CHAT_RUN.exists(), reason="no committed chat run")
+@pytest.mark.parametrize("width", [80, 40])
+def test_the_committed_chat_run_shows_both_rooms_at_every_size_and_never_cuts_a_number(width):
+    info, points = scaling.load_results(CHAT_RUN)
+    assert {(p.architecture, p.connections) for p in points} == {
+        (room, n) for room in scaling.CHAT_ROOMS for n in scaling.CHAT_SWEEP}
+    text = render(lab_tables(points, info, width=width), width)
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    flat = " ".join(text.split())
+    for p in points:
+        if p.correct:
+            assert f"{p.requests_per_second:,.0f}" in flat and p.delivered == p.sent * (p.connections - 1)
+            assert f"{p.cpu_us_per_request:.1f}" in flat and f"{p.generator_busy:.0%}" in flat
+        if p.rss_per_idle_connection == p.rss_per_idle_connection:
+            assert f"{p.rss_per_idle_connection / 1024:,.1f}" in flat
 
 
 # --- This lesson's server: a thread per client. ---

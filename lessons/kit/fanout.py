@@ -1,6 +1,6 @@
 """Chat fan-out, measured from outside: how fast a room delivers, and what an idle member costs.
 
-    with ServerProcess.lesson("08_asyncio", "--max-members", "1000") as room:
+    with ServerProcess.lesson("08_asyncio", "--quiet", "--max-members", "1000") as room:
         result = measure(room.address, members=1000, duration=2.0)
         result.per_second            # lines delivered per second, to all members together
         result.complete              # every line reached every other member, in each sender's order
@@ -8,7 +8,8 @@
 
 For any room that speaks lesson 03's protocol (lessons 03 and 08 do), best run in a
 process of its own (kit.processes.ServerProcess), so that its memory is its own
-and its threads do not share a GIL with these clients. Here one thread reads
+and its threads do not share a GIL with these clients. Start it with --quiet: a
+room that logs every arrival to a pipe nobody reads stops when the pipe is full. Here one thread reads
 every member's socket through a selector: 1,000 members need no 1,000 threads.
 
 Fan-out: each line a member says goes to every other member, so with N members
@@ -126,9 +127,12 @@ class Members:
 
 
 def measure(address, members: int, senders: int = 10, duration: float = 2.0, window: int = 20,
-            timeout: float = 60.0) -> Fanout:
+            timeout: float = 60.0, on_talk: Callable[[], None] | None = None,
+            on_done: Callable[[], None] | None = None) -> Fanout:
     """Lines delivered per second by the room at ``address`` with ``members`` in it, while
-    ``senders`` of them talk in rounds for ``duration`` seconds."""
+    ``senders`` of them talk in rounds for ``duration`` seconds. ``on_talk`` is called when
+    everyone has joined, just before the first line, and ``on_done`` when the last line has
+    arrived: the moments to read CPU clocks (joining costs the room work of its own)."""
     senders = max(1, min(senders, members))
     result = Fanout(members, senders)
     try:
@@ -140,6 +144,8 @@ def measure(address, members: int, senders: int = 10, duration: float = 2.0, win
             talkers = room.socks[:senders]
             per_round = [senders - (i < senders) for i in range(members)]   # not one's own
             listeners = [i for i in range(members) if per_round[i]]
+            if on_talk:
+                on_talk()
             rounds, start = 0, time.perf_counter()
             while time.perf_counter() - start < duration:
                 slowest = min(len(room.lines[i]) // per_round[i] for i in listeners)
@@ -153,6 +159,8 @@ def measure(address, members: int, senders: int = 10, duration: float = 2.0, win
             room.read_until(lambda lines: all(len(got) >= want for got, want in zip(lines, expected)),
                             timeout)
             result.seconds = time.perf_counter() - start
+            if on_done:
+                on_done()
             result.sent = rounds * senders
             result.delivered = sum(map(len, room.lines))
             result.complete = all(in_order(lines, senders, rounds, own=i)

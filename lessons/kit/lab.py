@@ -11,6 +11,13 @@ every reply is checked byte for byte, and idle connections must stay open.
 
 A design that falls over is reported with the reason, and the lab goes on.
 The report (tables, files, figures) is :mod:`.labreport`'s.
+
+Experiment 3 is a chat room's fan-out (:mod:`.fanout`): in a fresh process
+for each point, ``members`` join and stay silent (memory per idle member),
+leave, then join again and ten of them talk while everyone listens (lines
+delivered per second, every one checked for order):
+
+    points = run_chat({"08 asyncio": ("-m", "lessons.08_asyncio", "serve", "--quiet")}, [10, 100])
 """
 from __future__ import annotations
 
@@ -19,13 +26,16 @@ import os
 import time
 from dataclasses import dataclass
 
+from . import fanout
 from .echoservers import EchoServer
-from .generators import LoadGenerator, core_plan, load_generator
+from .generators import LoadGenerator, core_plan, load_generator, pinned
 from .processes import ServerProcess
 from .server import raise_fd_limit
 
 BUSY_CLIENTS = 10           # the busy ones in experiment 2
 NEAR_CEILING = 0.9          # a rate within 10% of the load generator's ceiling is marked
+CHAT_SENDERS = 10           # the members who talk in experiment 3 (everyone listens)
+CHAT_MEMORY_FROM = 100      # memory per idle member is shown from this many: below, it is a few pages
 
 
 def start(spec, cpus=None) -> ServerProcess:
@@ -37,11 +47,13 @@ def start(spec, cpus=None) -> ServerProcess:
 
 @dataclass
 class Point:
-    """One design under one load, and what it measured."""
+    """One design under one load, and what it measured. In experiment 3 ("chat"), ``connections``
+    is the room's members, a request is one line delivered to one member, and the load
+    generator is the lab's own process reading every member's socket."""
     architecture: str
     connections: int                 # busy connections, one message in flight on each
     idle: int = 0                    # idle connections held open meanwhile
-    experiment: str = "busy"         # "busy" (experiment 1) or "idle" (experiment 2)
+    experiment: str = "busy"         # "busy" (experiment 1), "idle" (experiment 2) or "chat" (3)
     requests_per_second: float = 0.0
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
@@ -56,6 +68,8 @@ class Point:
     wrong_replies: int = 0
     load_average: float = float("nan")              # the machine's, over the last minute, when measured
     note: str = ""
+    sent: int = 0                                   # chat: lines said
+    delivered: int = 0                              # chat: lines received, all members together
 
 
 def load_results(path) -> tuple[dict, list[Point]]:
@@ -192,6 +206,92 @@ def run_lab(architectures: dict, sweep: list[int], size: int = 1024, duration: f
     names = list(architectures)
     points.sort(key=lambda p: (names.index(p.architecture), p.experiment != "busy", p.connections, p.idle))
     mark_ceilings(points, yardstick)
+    return points
+
+
+def measure_chat(server: ServerProcess, name: str, members: int, duration: float = 3.0,
+                 senders: int = CHAT_SENDERS, client_cpus=None) -> Point:
+    """One point of experiment 3, on a fresh room: memory per idle member, then the fan-out."""
+    point = Point(name, members, experiment="chat", load_average=os_loadavg()[0])
+    empty, alone, cpu = server.open_files(), server.rss_kib(), server.cpu_seconds()
+    try:
+        per_member = fanout.idle_member_kib(server.address, members, server.rss_kib)
+    except (OSError, TimeoutError) as exc:
+        point.server_cpu_seconds = server.cpu_seconds() - cpu   # what the room spent trying
+        joining = 2 * members + members * (members - 1) // 2    # greeting, welcome, and each join announced
+        point.note = f"could not hold {members:,} idle members: {exc}" + (
+            f", of the {joining:,} that joining takes" if isinstance(exc, TimeoutError) else "")
+        return point
+    if members >= CHAT_MEMORY_FROM:
+        point.rss_per_idle_connection = max(0.0, per_member * 1024)
+    point.server_rss_kib = round(alone + per_member * members)   # with every member in, idle
+    wait_until_left(server, empty)   # a leave announced while the talkers join would spoil their count
+    at: dict = {}
+
+    def clocks(when: str) -> None:   # joining costs work too: count only the talking
+        at[when] = (server.cpu_seconds(), time.process_time())
+
+    with pinned(client_cpus):
+        result = fanout.measure(server.address, members, senders, duration,
+                                on_talk=lambda: clocks("talk"), on_done=lambda: clocks("done"))
+    point.sent, point.delivered = result.sent, result.delivered
+    point.requests_per_second = result.per_second
+    point.correct = result.complete and not result.error
+    if "done" in at:
+        point.server_cpu_seconds = at["done"][0] - at["talk"][0]
+        point.cpu_us_per_request = point.server_cpu_seconds / max(1, result.delivered) * 1e6
+        point.generator_busy = (at["done"][1] - at["talk"][1]) / result.seconds
+        point.near_ceiling = point.generator_busy >= NEAR_CEILING   # the client, not the room, may be the limit
+    problems = [result.error] if result.error else []
+    if not result.error and not result.complete:
+        problems.append("some lines were lost or came out of order")
+    if not server.alive():
+        problems.append(f"server exited ({server.proc.returncode})")
+    point.note = "; ".join(problems)
+    return point
+
+
+def wait_until_left(server: ServerProcess, empty: int | None, limit: float = 30.0) -> None:
+    """Wait until the server holds no more descriptors than ``empty`` (its count with no one in),
+    or ``limit`` passes: a room may take a while to see every member go."""
+    deadline = time.monotonic() + limit
+    while empty is not None and (server.open_files() or 0) > empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_chat(rooms: dict, sizes: list[int], duration: float = 3.0, senders: int = CHAT_SENDERS,
+             progress: bool = True) -> list[Point]:
+    """Experiment 3: each room at each size, in a fresh process each time; never stop on a failure.
+
+    ``rooms`` maps a name to the room's argv after ``python`` (it must take ``--max-members``);
+    the room is sized to the point's members, and a room that fails at one size is not run
+    at the larger ones."""
+    server_cpus, client_cpus = core_plan()
+    raise_fd_limit(max(sizes, default=0) + 1024)
+    points: list[Point] = []
+    fell_over: dict = {}
+    tasks = [(size, name) for size in sorted(sizes) for name in rooms]   # both rooms at one size, then the next
+    with _progress(progress) as bar:
+        task = bar.add_task("starting", total=len(tasks))
+        for size, name in tasks:
+            bar.update(task, description=f"{name}, {size:,} members")
+            bar.advance(task)
+            if name in fell_over:
+                points.append(Point(name, size, experiment="chat", note=f"not run: {fell_over[name]}"))
+                continue
+            try:
+                server = ServerProcess([*rooms[name], "--max-members", str(size)], cpus=server_cpus)
+            except RuntimeError as exc:
+                points.append(Point(name, size, experiment="chat", note=str(exc)))
+                fell_over[name] = "did not start"
+                continue
+            with server:
+                point = measure_chat(server, name, size, duration, senders, client_cpus)
+            points.append(point)
+            if not point.correct:
+                fell_over[name] = f"fell over at {size:,}"
+    names = list(rooms)
+    points.sort(key=lambda p: (names.index(p.architecture), p.connections))
     return points
 
 

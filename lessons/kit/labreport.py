@@ -6,7 +6,7 @@ the terminal's width: :func:`lab_tables` lets the server names wrap, keeps
 every number whole, and below the narrowest table that fits prints one line
 a point instead. The full table, with every column, goes to ``table.txt``.
 
-    for renderable in lab_tables(points, info, width=80): console.print(renderable)
+    for renderable in lab_tables(points, info, width=80): console.print(renderable)   # experiment 3's too
     paths = write_results(points, pathlib.Path("scaling-results"), info)   # json, csv, txt, png
     info, points = load_results(paths["json"], Point)
 """
@@ -62,12 +62,79 @@ def _rows(points, experiment: str, footnotes: list[str]) -> list[list[str]]:
 
 
 HEADERS = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "B/idle conn"]
+CHAT_TITLE = "3. Chat fan-out: ten members talk, every member listens"
+CHAT_HEADERS = ["lines/s", "said", "µs/line", "KiB/idle", "client CPU"]
+
+
+def _fitted(title: str, first: str, x_name: str, headers: list[str], rows: list[list[str]], width: int) -> list:
+    """A table of ``rows`` fitted to ``width``, or, below the narrowest that fits, one line a row
+    (which wraps between words, never inside a number). ``headers`` name the columns after the x column."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = [first, x_name, *headers]
+    numbers = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(columns) if i > 0]
+    if sum(numbers) + MIN_NAME + 3 * (len(columns) - 1) <= width:   # a space either side of each rule
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                      pad_edge=False, show_edge=False, title_style="bold")
+        table.add_column(first, overflow="fold", min_width=MIN_NAME)
+        for header, least in zip(columns[1:], numbers):
+            table.add_column(header, justify="right", no_wrap=True, min_width=least)
+        for row in rows:
+            table.add_row(*row)
+        return [table]
+    out = [Text(title, style="bold")]
+    for row in rows:
+        fields = [f"{row[1]} {x_name}", f"{row[2]} {headers[0]}"]
+        fields += [f"{h} {v}" for h, v in zip(headers[1:], row[3:]) if v]
+        out.append(Text(f"{row[0]}: " + "; ".join(fields)))
+    return out
+
+
+def _chat_rows(points, footnotes: list[str]) -> list[list[str]]:
+    rows = []
+    for p in (p for p in points if p.experiment == "chat"):
+        if p.note.startswith("not run"):
+            rate = "not run"
+        elif not p.correct:
+            footnotes.append(f"{p.architecture}, {p.connections:,} members: {p.note or 'failed'}")
+            rate = f"fails [{len(footnotes)}]"
+        else:
+            rate = f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else "")
+        ran = p.delivered > 0
+        kib = p.rss_per_idle_connection / 1024
+        rows.append([p.architecture, f"{p.connections:,}", rate, f"{p.sent:,}" if ran else "",
+                     _us(p.cpu_us_per_request) if ran else "", "" if kib != kib else f"{kib:,.1f}",
+                     f"{p.generator_busy:.0%}" if ran and p.generator_busy == p.generator_busy else ""])
+    return rows
+
+
+def chat_tables(points, width: int = 80) -> list:
+    """Experiment 3's table (fitted to ``width``) and its footnotes."""
+    from rich.text import Text
+
+    footnotes: list[str] = []
+    rows = _chat_rows(points, footnotes)
+    if not rows:
+        return []
+    out = _fitted(CHAT_TITLE, "room", "members", CHAT_HEADERS, rows, width)
+    legend = [f"[{n}] {text}" for n, text in enumerate(footnotes, 1)]
+    if any(p.near_ceiling for p in points if p.experiment == "chat"):
+        legend.append("* the lab's client used 90% of a core or more: there the rate may be the client's, "
+                      "not the room's")
+    legend += ["lines/s: lines delivered per second, all members together (each line said reaches every other "
+               "member); shown only where every line reached every other member, in each sender's order",
+               "said: lines the talkers said in all; µs/line: the room's CPU time per line delivered; "
+               "client CPU: the lab's own CPU time per second of talking (one thread reads every member's socket)",
+               "KiB/idle: the room's memory per member while all are in and silent, shown from 100 members"]
+    out.extend(Text(line) for line in legend)
+    out.append(Text(""))
+    return out
 
 
 def lab_tables(points, info: dict, width: int = 80) -> list:
     """What the terminal shows: each experiment's table (fitted to ``width``), its footnotes, its ceiling."""
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
     out = []
@@ -76,23 +143,7 @@ def lab_tables(points, info: dict, width: int = 80) -> list:
             continue
         footnotes: list[str] = []
         rows = _rows(points, experiment, footnotes)
-        headers = ["server", x_name, *HEADERS]
-        numbers = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers) if i > 0]
-        if sum(numbers) + MIN_NAME + 2 * len(headers) <= width:
-            table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
-                          pad_edge=False, show_edge=False, title_style="bold")
-            table.add_column("server", overflow="fold", min_width=MIN_NAME)
-            for header, least in zip(headers[1:], numbers):
-                table.add_column(header, justify="right", no_wrap=True, min_width=least)
-            for row in rows:
-                table.add_row(*row)
-            out.append(table)
-        else:   # too narrow for a table: one line a point, which wraps between words, never inside a number
-            out.append(Text(title, style="bold"))
-            for row in rows:
-                fields = [f"{row[1]} {x_name}", f"{row[2]} req/s"]
-                fields += [f"{h} {v}" for h, v in zip(HEADERS[1:], row[3:]) if v]
-                out.append(Text(f"{row[0]}: " + "; ".join(fields)))
+        out += _fitted(title, "server", x_name, HEADERS, rows, width)
         legend = [f"[{n}] {text}" for n, text in enumerate(footnotes, 1)]
         if any(p.near_ceiling for p in points if p.experiment == experiment):
             legend.append("* within 10% of the load generator's ceiling at that point, or above it: "
@@ -105,7 +156,7 @@ def lab_tables(points, info: dict, width: int = 80) -> list:
             legend.append("B/idle conn: server memory per idle connection, shown from 1,000")
         out.extend(Text(line) for line in legend)
         out.append(Text(""))
-    return out
+    return out + chat_tables(points, width)
 
 
 def _ceiling_line(points, experiment: str, info: dict) -> str:
@@ -140,15 +191,35 @@ def full_table(points, info: dict) -> str:
     for c in columns:
         words = c in ("server", "note")
         table.add_column(c, no_wrap=not words, justify="left" if words else "right")
-    for p in points:
+    for p in (p for p in points if p.experiment != "chat"):
         table.add_row(p.architecture, p.experiment, f"{p.connections:,}", f"{p.idle:,}",
                       f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else ""), _count(p.ceiling_rps),
                       _ms(p.p50_ms), _ms(p.p99_ms), f"{p.server_cpu_seconds:.2f}", _us(p.cpu_us_per_request),
                       f"{p.server_rss_kib:,}", _count(p.rss_per_idle_connection),
                       "" if p.generator_busy != p.generator_busy else f"{p.generator_busy:.0%}",
                       "yes" if p.correct else "no", p.note)
-    console.print(table)
-    console.print("* within 10% of the load generator's ceiling at that point, or above it")
+    if table.rows:
+        console.print(table)
+        console.print("* within 10% of the load generator's ceiling at that point, or above it")
+    chat = [p for p in points if p.experiment == "chat"]
+    if chat:
+        table = Table(title="every point of experiment 3, chat fan-out", title_justify="left")
+        columns = ["room", "members", "said", "delivered", "lines/s", "server CPU s", "CPU µs/line",
+                   "RSS KiB", "KiB/idle member", "client CPU", "complete", "note"]
+        for c in columns:
+            words = c in ("room", "note")
+            table.add_column(c, no_wrap=not words, justify="left" if words else "right")
+        for p in chat:
+            kib = p.rss_per_idle_connection / 1024
+            table.add_row(p.architecture, f"{p.connections:,}", f"{p.sent:,}", f"{p.delivered:,}",
+                          f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else ""),
+                          f"{p.server_cpu_seconds:.2f}", _us(p.cpu_us_per_request), f"{p.server_rss_kib:,}",
+                          "" if kib != kib else f"{kib:,.1f}",
+                          "" if p.generator_busy != p.generator_busy else f"{p.generator_busy:.0%}",
+                          "yes" if p.correct else "no", p.note)
+        console.print(table)
+        console.print("* the lab's client used 90% of a core or more; RSS KiB: the room's, with every member "
+                      "in and idle; complete: every line reached every other member, in each sender's order")
     return console.file.getvalue()
 
 
