@@ -106,6 +106,19 @@ def test_causal_order_puts_every_recv_after_the_send_that_fed_it():
     assert position[id(close)] < position[id(eof)]
 
 
+def test_causal_order_puts_a_tls_handshake_between_the_accept_and_the_servers_own():
+    # The client's handshake ends with the server's answer: after the server's accept,
+    # before the server's own "handshake done" (which needs the client's last message).
+    from lessons.kit.transcript import HANDSHAKE_DONE, LISTEN, NOTE
+    events = [Event(SERVER, LISTEN), Event(CLIENT, CONNECT, "c"),
+              Event(CLIENT, NOTE, "c", detail=f"{HANDSHAKE_DONE}: TLSv1.3, verified"),
+              Event(CLIENT, SEND, "c", 5), Event(SERVER, ACCEPT, "c"),
+              Event(SERVER, NOTE, "c", detail=f"{HANDSHAKE_DONE}: TLSv1.3"), Event(SERVER, RECV, "c", 5)]
+    order = [(e.side, e.kind) for e in causal_order(events)]
+    assert order.index((SERVER, ACCEPT)) < order.index((CLIENT, NOTE)) < order.index((SERVER, NOTE))
+    assert order.index((CLIENT, NOTE)) < order.index((CLIENT, SEND))
+
+
 def test_transcript_render_has_no_ports_or_addresses():
     from rich.console import Console
     lesson = __import__("importlib").import_module("lessons.02_echo")

@@ -37,6 +37,7 @@ LISTEN, CONNECT, ACCEPT = "listen", "connect", "accept"
 SEND, RECV, EOF = "send", "recv", "eof"
 SHUTDOWN, CLOSE, ERROR, NOTE = "shutdown", "close", "error", "note"
 READY = "ready"   # a wake-up of an event loop; detail lists what was ready (lessons 04, 05)
+HANDSHAKE_DONE = "handshake done"   # a note's detail that starts so takes part too (TLS, lesson 11)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
     sent = collections.Counter()      # (side, who) -> bytes sent so far
     received = collections.Counter()  # (side, who) -> bytes received so far
     closed = set()                    # (side, who) that shut down or closed
+    accepted, handshaken = set(), set()   # who the server accepted; (side, who) done with TLS
     listening = False
     connects = accepts = 0
     out: list[Event] = []
@@ -161,6 +163,15 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
             return connects > accepts
         if e.kind == CONNECT:
             return listening or not lanes[SERVER]
+        if e.kind == NOTE and e.detail.startswith(HANDSHAKE_DONE):
+            # TLS (lesson 11): the client's handshake ends with the server's answer, so after
+            # the accept; the server's ends with the client's last message.
+            if e.side == CLIENT:
+                return e.who in accepted or not any(x.kind == ACCEPT and x.who == e.who
+                                                    for x in lanes[SERVER])
+            return (CLIENT, e.who) in handshaken or not any(
+                x.kind == NOTE and x.who == e.who and x.detail.startswith(HANDSHAKE_DONE)
+                for x in lanes[CLIENT])
         return True
 
     def take(e: Event) -> None:
@@ -178,6 +189,9 @@ def causal_order(events: Iterable[Event]) -> list[Event]:
             connects += 1
         elif e.kind == ACCEPT:
             accepts += 1
+            accepted.add(e.who)
+        elif e.kind == NOTE and e.detail.startswith(HANDSHAKE_DONE):
+            handshaken.add(key)
         out.append(e)
 
     while pos[CLIENT] < len(lanes[CLIENT]) or pos[SERVER] < len(lanes[SERVER]):
