@@ -37,8 +37,9 @@ def one_run(rev: str, extra: list[str]) -> tuple[float, int, str]:
         result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-q", *extra], cwd=clone, env=env,
                                 capture_output=True, text=True)
         elapsed = time.perf_counter() - started
-        summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-        return elapsed, result.returncode, summary
+        lines = result.stdout.strip().splitlines() or ["(no output)"]
+        failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+        return elapsed, result.returncode, "\n".join([lines[-1], *("    " + f for f in failures)])
 
 
 def main() -> int:
