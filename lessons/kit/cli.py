@@ -221,9 +221,11 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     signalled = []
 
     def stop(signum, frame) -> None:
+        # Only note it: a handler runs between two bytecodes of this thread, which may be
+        # inside server.stop.wait() holding the Event's lock, and set() would wait for that
+        # lock for ever (one run in a few dozen, with Ctrl-C pressed again and again).
         signalled.append(signum)
         ignore_stop_signals()          # asked once: Ctrl-C twice must not end it half-way
-        server.stop.set()
 
     # The server runs in its own thread so that this main thread is free to take
     # signals at any moment, whatever the server is blocked on.
@@ -231,7 +233,7 @@ def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server
     try:
         say(f"listening on {describe_address(server.address, listener.family)}")
         server.start()
-        while not server.stop.wait(0.2):
+        while not signalled and not server.stop.wait(0.1):
             pass
         server.shutdown(reraise=False)
     finally:
