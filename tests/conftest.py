@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -61,7 +62,13 @@ def frozen_heap():
 def no_leaks():
     """Fail a test that leaves threads running; surface unclosed sockets in it."""
     before = set(threading.enumerate())
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
+    # A test must leave Ctrl-C and SIGTERM as it found them: an ignored signal (SIG_IGN)
+    # is inherited by every child process this worker starts afterwards.
+    changed = {sig.name for sig, handler in handlers.items() if signal.getsignal(sig) != handler}
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
@@ -72,6 +79,7 @@ def no_leaks():
     # frozen (above), a full collection walks only what the tests made: milliseconds.
     gc.collect()
     assert not extra, f"threads left running: {sorted(t.name for t in extra)}"
+    assert not changed, f"the test changed the process's handlers of {sorted(changed)}"
 
 
 def run_module(*args: str, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:

@@ -282,6 +282,18 @@ def test_ctrl_c_interrupts_accept_and_recv_in_the_main_thread(where):
 
 
 @unix_only
+def test_ctrl_c_reaches_the_child_even_when_this_process_ignores_it():
+    # A child inherits an ignored SIGINT (a shell's background job; Jupyter's machinery in a
+    # test worker): the Ctrl-C experiments reset it, or they fail only on some machines.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, lines = shutdown.signal_child(shutdown.ctrl_c_in, signal.SIGINT, "accept")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 0 and "KeyboardInterrupt raised in accept()" in lines
+
+
+@unix_only
 def test_ctrl_c_does_not_reach_a_worker_thread():
     code, lines = shutdown.signal_child(shutdown.ctrl_c_with_a_worker, signal.SIGINT)
     assert code == 0 and lines[-1] == "main thread: KeyboardInterrupt; worker still blocked: True"

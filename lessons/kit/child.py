@@ -52,7 +52,10 @@ class Child:
     @classmethod
     def run(cls, fn: Callable, *args, timeout: float = TIMEOUT, **options) -> "Child":
         """Run ``fn(*args)`` in a child process; args must be literals (their repr is sent)."""
-        code = f"{textwrap.dedent(inspect.getsource(fn))}\n{fn.__name__}(*{args!r})\n"
+        # Ctrl-C raises KeyboardInterrupt in the child, as in a program started from a terminal,
+        # whatever this process does with SIGINT (ignored, say: a child inherits SIG_IGN).
+        code = (f"import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                f"{textwrap.dedent(inspect.getsource(fn))}\n{fn.__name__}(*{args!r})\n")
         return cls(["-c", code], timeout=timeout, **options)
 
     @property
