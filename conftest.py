@@ -9,11 +9,15 @@ outputs byte for byte. Here, unless the command line says otherwise:
 - anything machine-specific in an output is masked by the patterns in
   ``nbval_sanitize.cfg`` (``--nbval-sanitize-with``).
 
-Tests run on several workers (pytest-xdist, ``--dist loadscope``): each test
-module, and each notebook (its cells share one kernel and run in order), runs
-whole on one worker.
+Tests run on several workers (pytest-xdist): two per core, since most tests
+spend much of their time waiting on sockets and timers. Each notebook runs whole
+on one worker (its cells share one kernel and run in order); every other test
+goes to whichever worker is free.
 """
+import os
 import pathlib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent
 NBVAL_DEFAULT_CELL_TIMEOUT = 2000  # nbval's own default, i.e. "not given"
@@ -30,3 +34,30 @@ def pytest_configure(config):
     if not option.nbval_sanitize_with:
         option.nbval_sanitize_with = str(ROOT / "nbval_sanitize.cfg")
 
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: two workers per core. A test here is a server and its clients, and
+    they mostly wait (for a timeout, a peer, a child process), so one per core leaves
+    the cores about half idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(2 * (cores or 1), 32)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` with a notebook as the only scope that must stay together."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling   # xdist is installed: it calls this hook
+
+    class NotebookScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            # nbval's items are "notebooks/NN_name.ipynb::Cell 3": one kernel, in order.
+            # Any other test is a scope of its own. Scopes go out largest first, so
+            # the notebooks start before the single tests.
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(".ipynb") else nodeid
+
+    return NotebookScheduling(config, log)

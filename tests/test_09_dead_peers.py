@@ -2,6 +2,7 @@
 between), a paused server, CLOSE_WAIT under the tutorial's loop, clean shutdown, the CLI."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import socket
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from lessons.kit import endings, running, shutdown
+from lessons.kit import states as kit_states
 from lessons.kit.child import Child
 from lessons.kit.endings import C, S
 from lessons.kit.states import SocketStates, tcp_info
@@ -216,6 +218,7 @@ def test_the_view_falls_back_to_its_own_sockets_and_says_what_is_missing(monkeyp
     def denied(kind="inet"):
         raise psutil.AccessDenied()
     monkeypatch.setattr(psutil, "net_connections", denied)
+    monkeypatch.setattr(kit_states, "LINUX_TABLES", [])   # as on macOS: no /proc/net/tcp
     states = SocketStates()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         states.name(listener, "server")
@@ -231,6 +234,34 @@ def test_the_view_falls_back_to_its_own_sockets_and_says_what_is_missing(monkeyp
                                "server → client": "TIME_WAIT"})
     assert {r.owner for r in rows} == {"this process"}
     assert "TIME_WAIT" in states.missing
+
+
+@linux_only
+def test_the_proc_table_reader_sees_what_psutil_sees():
+    """The Linux reader (/proc/net/tcp, and only our own descriptors) against psutil's
+    whole-system view: same addresses, states and owners, IPv4 and IPv6, an orphan too."""
+    states = SocketStates()
+    with contextlib.ExitStack() as stack:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            listener = stack.enter_context(socket.create_server((host, 0), family=family))
+            client = socket.create_connection(listener.getsockname()[:2], timeout=3)
+            stack.enter_context(listener.accept()[0])
+            states.name(listener, f"server {host}")
+            states.name(client, f"client {host}")
+            if family == socket.AF_INET:
+                client.close()                # FIN_WAIT2 and no process: an orphan
+            else:
+                stack.enter_context(client)
+        states.settle({"server 127.0.0.1 (listening)": "LISTEN", "server ::1 (listening)": "LISTEN",
+                       "client 127.0.0.1 → server 127.0.0.1": "FIN_WAIT2",
+                       "server 127.0.0.1 → client 127.0.0.1": "CLOSE_WAIT",
+                       "client ::1 → server ::1": "ESTABLISHED", "server ::1 → client ::1": "ESTABLISHED"})
+        ports = {port for _, port in states._names}
+        by_psutil = {((c.laddr.ip, c.laddr.port), (c.raddr.ip, c.raddr.port) if c.raddr else None,
+                      c.status, c.pid) for c in psutil.net_connections(kind="tcp")
+                     if c.laddr.port in ports or (c.raddr and c.raddr.port in ports)}
+        assert set(states._linux_connections()) == by_psutil
+        assert {row.owner for row in states.rows()} == {"this process", "no process"}
 
 
 def test_settle_says_what_differs():

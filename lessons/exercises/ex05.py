@@ -11,6 +11,7 @@ import importlib
 import re
 import selectors
 import socket
+import threading
 import time
 
 from lessons.exercises import Exercise
@@ -18,7 +19,7 @@ from lessons.kit import adversary
 from lessons.kit.check import Outcome, check, describe, describe_error, scenario
 from lessons.kit.echo import echo
 from lessons.kit.nonblocking import Connection
-from lessons.kit.server import running
+from lessons.kit.server import JOIN_TIMEOUT, running
 
 lesson = importlib.import_module("lessons.05_select")   # its Echoer does the per-socket work
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -132,12 +133,13 @@ class WatchedSelector:
 @contextlib.contextmanager
 def _serving(loop_once):
     """The learner's loop_once as a whole server; yields (server, selector, echoer)."""
-    parts = {}
+    parts, ready = {}, threading.Event()
 
     def serve(listener, stop, log):
         listener.setblocking(False)
         sel, echoer = parts["sel"], parts["echoer"] = WatchedSelector(), lesson.Echoer(log)
         sel.register(listener, selectors.EVENT_READ)
+        ready.set()
         try:
             while not stop.is_set():
                 loop_once(sel, echoer, 0.05)
@@ -147,7 +149,8 @@ def _serving(loop_once):
 
     server = running(serve).start()
     try:
-        time.sleep(0.05)
+        ready.wait(JOIN_TIMEOUT)   # the server thread may not have run yet on a busy machine
+        time.sleep(0.05)           # time for a loop_once that raises to do so
         _raise_if_dead(server)
         try:
             yield server, parts["sel"], parts["echoer"]
