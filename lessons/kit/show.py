@@ -24,7 +24,6 @@ import keyword
 import textwrap
 import tokenize
 
-from rich.syntax import Syntax
 
 WIDTH = 99   # lesson code shown in notebooks is kept within this many columns (a test checks)
 
@@ -61,6 +60,9 @@ class Listing:
         return f'<pre style="{PRE_STYLE}">{highlight(self.code)}</pre>'
 
     def __rich__(self):
+        # Imported here: Pygments costs every `python -m lessons...` 50 ms of start-up,
+        # and only a listing shown in a terminal needs it.
+        from rich.syntax import Syntax
         return Syntax(self.code, "python", theme="ansi_dark", background_color="default")
 
     def __repr__(self) -> str:   # the text/plain a notebook stores beside the HTML
