@@ -158,6 +158,7 @@ class Outbox:
 
 @dataclass(eq=False)
 class Member:
+    """Someone in the room: the name it took, its socket, and its outbox."""
     name: str
     conn: socket.socket
     outbox: Outbox
@@ -222,10 +223,12 @@ class Room:
             self._waiting.pop(conn, None)
 
     def find(self, name: str) -> Member | None:
+        """The member with this name (compared by name_key), or None."""
         with self._lock:
             return self._members.get(name_key(name))
 
     def who(self) -> str:
+        """The answer to /who: every member's name, sorted."""
         with self._lock:
             names = sorted((m.name for m in self._members.values()), key=name_key)
         return who_line(names)   # one line of at most MAX_SEND bytes: "... and N more"
@@ -391,9 +394,8 @@ def demo() -> int:
         rows.append(("bob: /quit", alice.next_line(), bob.next_line(), carol.next_line()))
         for person in (alice, bob, carol, impostor):
             person.close()
-    table = Table(title="who did what, and what each one received", title_justify="left")
-    for column in ("action", "alice", "bob", "carol"):
-        table.add_column(column)
+    table = Table("action", "alice", "bob", "carol", title_justify="left",
+                  title="who did what, and what each one received")
     for row in rows:
         table.add_row(*row)
     console.print(table)
