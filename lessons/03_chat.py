@@ -14,6 +14,7 @@ The protocol is UTF-8 lines ending in \\n (\\r\\n works too), so netcat is a cli
     you:    /quit                  "* bye", then the server closes
     Others see "* alice joined", "* alice left", or "* alice left (idle)" after
     --idle-timeout seconds of silence (an empty line counts as speaking).
+    A line over 4096 bytes gets "! line too long", and the server hangs up.
 
 Two threads per client, and nobody waits for anybody else:
 
@@ -21,9 +22,8 @@ Two threads per client, and nobody waits for anybody else:
                                     the line in every other member's outbox
     writer thread: outbox (bounded) -> sendall   (a full outbox: too slow, dropped)
 
-Bounds: a line in is at most 4096 bytes (else "! line too long" and the server
-hangs up), its cleaned text at most 4096 bytes, every line out at most 8192.
-lessons/kit/chat.py is the tested copy of this protocol that later rooms use.
+The protocol's limits, texts and name rules come from lessons/kit/chat.py, its
+tested copy, which later rooms use too.
 """
 from __future__ import annotations
 
@@ -32,44 +32,31 @@ import contextlib
 import functools
 import socket
 import threading
-import unicodedata
 from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-# The character tables and the longer texts of the protocol: lessons/kit/chat.py.
-from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, CROWDED, FLAG, IDLE_BYE, LEFT, LEFT_IDLE,
-                              LEFT_SLOW, MAX_WAITING, NAME_INVISIBLE, NAME_LENGTH, NAME_MARKS,
-                              NAME_MIXED, NAMING_TOO_SLOW, RESERVED_FDS, SCRIPT_MIXES,
-                              SHOWS_NOTHING, encode, fit, room_limits, script_of, shows_safely,
-                              stacks_marks, who_line)
-from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
-                             serve_command, serve_forever, whole_number)
-from lessons.kit.lineclient import ChatClient, converse, show
-from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, raise_fd_limit, running
+# The protocol's limits and texts, and its name rules (name_key, name_problem): the kit's
+# tested copy, shown in the notebook. The limits are all here, as the room's to show.
+from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, BYE, CROWDED, FLAG, GREETING, IDLE_BYE,
+                              IDLE_TIMEOUT, LEFT, LEFT_IDLE, LEFT_SLOW, MAX_LINE, MAX_NAME,
+                              MAX_SEND, MAX_TEXT, MAX_WAITING, NAME_MIXED, NAMING_TIMEOUT,
+                              NAMING_TOO_SLOW, RESERVED_FDS, ROOM_FULL, TAKEN, TOO_LONG, UNKNOWN,
+                              encode, fit, name_key, name_problem, room_limits, shows_safely,
+                              welcome, who_line)
+from lessons.kit.cli import (client_command, lesson_parser, main_guard, need_open_files,
+                             run_client, seconds, serve_command, serve_forever, whole_number)
+from lessons.kit.lineclient import ChatClient, chat_session
+from lessons.kit.server import JOIN_TIMEOUT, accept_until, fd_limit, running
 from lessons.kit.stream import LineTooLong, read_lines
+from lessons.kit.threaded import recorded
 from lessons.kit.transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Transcript
 
 TITLE = "Chat room with threads"
-MAX_LINE = 4096          # bytes in one line a client sends, without its newline
-MAX_TEXT = 4096          # bytes in a cleaned message (invalid UTF-8 triples when replaced)
-MAX_SEND = 8192          # bytes in any line the server sends: what every client must accept
-MAX_NAME = 32            # characters in a name
 OUTBOX_LIMIT = 1 << 20   # bytes queued for one client before we call it too slow
 BATCH = 1 << 16          # bytes worth one send: a writer wakes for this much, or for one line
 LINGER = 0.05            # seconds a busy room's writer waits for a batch to gather
-IDLE_TIMEOUT = 300.0     # seconds a member may stay silent
-NAMING_TIMEOUT = 30.0    # seconds a new connection has to give its name
-GREETING = "* welcome to the chat room; what is your name?"
-TAKEN, ROOM_FULL = "! that name is taken; try another", "! the room is full; try later"
-BYE, UNKNOWN, TOO_LONG = "* bye", "! unknown command", "! line too long"
-
-
-def welcome(name: str) -> str:
-    """The line a new member gets once the room has taken its name."""
-    return f"* welcome, {name}! /who lists who is here, /quit leaves"
 
 
 # --- The original tutorial's server, kept to be broken in the notebook. ---
@@ -107,17 +94,7 @@ def naive_chat_server(listener, stop, log, clients=None):   # (ours) its receive
         thread.join(JOIN_TIMEOUT)                   # (ours)
 
 
-def recorded(target, log: Transcript):
-    """target, wrapped so that an exception escaping it is recorded, not printed by its thread."""
-    def run(*args):
-        try:
-            target(*args)
-        except Exception as exc:
-            log.record(SERVER, ERROR, detail=f"thread crashed: {type(exc).__name__}")
-    return run
-
-
-# --- Cleaning what people send, and names that cannot pass for another. ---
+# --- Cleaning what people send (names are checked by the kit's name_problem). ---
 
 def clean(raw: bytes) -> str:
     """Decode a line, drop what could attack or fool someone else's screen, cap its size."""
@@ -127,26 +104,6 @@ def clean(raw: bytes) -> str:
         text = "".join(part if i % 2 else "".join(filter(shows_safely, part))
                        for i, part in enumerate(parts))
     return fit(text, MAX_TEXT)
-
-
-def name_key(name: str) -> str:
-    """What two names are compared by: NFKC, case folded, NFKC again (ＡＬＩＣＥ is alice)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-
-
-def name_problem(name: str) -> str | None:
-    """Why a cleaned name cannot be used, as the line to send back; None if it can."""
-    if not 1 <= len(name) <= MAX_NAME:
-        return NAME_LENGTH
-    if (not name.isprintable() or any(ch.isspace() for ch in name) or SHOWS_NOTHING.search(name)
-            or unicodedata.category(name[0]).startswith("M")):   # a combining mark on nothing
-        return NAME_INVISIBLE
-    scripts = {script_of(ch) for ch in unicodedata.normalize("NFKC", name)} - {None}
-    if len(scripts) > 1 and not any(scripts <= mix for mix in SCRIPT_MIXES):
-        return NAME_MIXED
-    if stacks_marks(name):
-        return NAME_MARKS
-    return None
 
 
 # --- The room: shared state, guarded by one lock. ---
@@ -201,6 +158,7 @@ class Outbox:
 
 @dataclass(eq=False)
 class Member:
+    """Someone in the room: the name it took, its socket, and its outbox."""
     name: str
     conn: socket.socket
     outbox: Outbox
@@ -265,10 +223,12 @@ class Room:
             self._waiting.pop(conn, None)
 
     def find(self, name: str) -> Member | None:
+        """The member with this name (compared by name_key), or None."""
         with self._lock:
             return self._members.get(name_key(name))
 
     def who(self) -> str:
+        """The answer to /who: every member's name, sorted."""
         with self._lock:
             names = sorted((m.name for m in self._members.values()), key=name_key)
         return who_line(names)   # one line of at most MAX_SEND bytes: "... and N more"
@@ -412,12 +372,8 @@ def serve(listener: socket.socket, stop, log: Transcript, *,
 
 def client(args) -> int:
     """Chat from a terminal or a pipe; ends when the server closes, and says why."""
-    console = Console(highlight=False)
-    with ChatClient((args.host, args.port), timeout=args.timeout) as chat:
-        show(console, chat.greeting)
-        if args.name:
-            chat.say(args.name)   # if it is taken, the next line typed is the next try
-        return converse(chat, console)
+    with ChatClient((args.host, args.port), timeout=args.timeout) as room:
+        return chat_session(room, args.name)
 
 
 def demo() -> int:
@@ -438,9 +394,8 @@ def demo() -> int:
         rows.append(("bob: /quit", alice.next_line(), bob.next_line(), carol.next_line()))
         for person in (alice, bob, carol, impostor):
             person.close()
-    table = Table(title="who did what, and what each one received", title_justify="left")
-    for column in ("action", "alice", "bob", "carol"):
-        table.add_column(column)
+    table = Table("action", "alice", "bob", "carol", title_justify="left",
+                  title="who did what, and what each one received")
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -471,11 +426,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         if args.max_members:   # a socket is a file: N members need N descriptors, and a few more
-            need = args.max_members + MAX_WAITING + RESERVED_FDS
-            raise_fd_limit(need)
-            if (limit := fd_limit()) is not None and limit < need:
-                serve_cmd.error(f"--max-members {args.max_members:,} needs {need:,} open files, "
-                                f"and this system allows {limit:,} (ulimit -n)")
+            need_open_files(serve_cmd, args.max_members + MAX_WAITING + RESERVED_FDS,
+                            f"--max-members {args.max_members:,}")
         room = functools.partial(serve, idle_timeout=args.idle_timeout,
                                  naming_timeout=args.naming_timeout, max_members=args.max_members)
         return serve_forever(room, args, "03_chat")

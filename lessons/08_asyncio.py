@@ -53,7 +53,7 @@ from lessons.kit.chat import (BYE, CROWDED, GREETING, IDLE_BYE, IDLE_TIMEOUT, LE
                               room_limits, welcome, who_line)
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, seconds,
                              serve_command, whole_number)
-from lessons.kit.lineclient import ChatClient, converse, show
+from lessons.kit.lineclient import ChatClient, chat_session
 from lessons.kit.server import fd_limit, raise_fd_limit
 from lessons.kit.stream import LineTooLong
 from lessons.kit.transcript import EOF, ERROR, NOTE, RECV, SEND, SERVER, Transcript
@@ -476,12 +476,8 @@ def client(args) -> int:
         reply = asyncio.run(echo_client((args.host, args.port), message, args.timeout))
         print(reply.decode("utf-8", errors="replace"))
         return 0
-    console = Console(highlight=False)
-    with ChatClient((args.host, args.port), timeout=args.timeout) as chat:
-        show(console, chat.greeting)
-        if args.name:
-            chat.say(args.name)   # if it is taken, the next line typed is the next try
-        return converse(chat, console)
+    with ChatClient((args.host, args.port), timeout=args.timeout) as room:
+        return chat_session(room, args.name)
 
 
 def main(argv=None) -> int:

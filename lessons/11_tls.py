@@ -43,7 +43,7 @@ from lessons.kit import echo as echo_kit
 from lessons.kit.aio import Serving, serve_in_thread
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, say, seconds,
                              serve_command, serve_forever, stderr)
-from lessons.kit.lineclient import ChatClient, converse, show
+from lessons.kit.lineclient import ChatClient, chat_session
 from lessons.kit.processes import ServerProcess
 from lessons.kit.server import accept_until, running
 from lessons.kit.threaded import serve_threads
@@ -336,13 +336,9 @@ def client(args) -> int:
     name = args.server_name or args.host
     try:
         if args.chat:
-            console = Console(highlight=False)
             with ChatClient((args.host, args.port), timeout=args.timeout, ssl_context=context,
-                            server_hostname=name) as chat:
-                show(console, chat.greeting)
-                if args.name:
-                    chat.say(args.name)
-                return converse(chat, console)
+                            server_hostname=name) as room:
+                return chat_session(room, args.name)
         reply = tls_echo((args.host, args.port), args.message.encode(), context, name, args.timeout)
     except ssl.SSLCertVerificationError as exc:
         hint = "" if args.cafile else " (give --cafile: the path that serve printed)"

@@ -383,3 +383,14 @@ def test_the_workbook_root_is_the_checkout_wherever_the_lessons_are_installed(tm
     assert workbook_root(site, here=checkout / "notebooks") == checkout   # Jupyter's directory
     assert workbook_root(site, here=checkout) == checkout                 # pytest's
     assert workbook_root(site, here=tmp_path) == site     # no checkout anywhere: as before
+
+
+def test_recorded_records_what_escapes_a_thread_and_prints_nothing(capsys):
+    from lessons.kit.threaded import recorded
+    from lessons.kit.transcript import Transcript
+    log = Transcript()
+    thread = threading.Thread(target=recorded(lambda x: [][x], log), args=(3,), daemon=True)
+    thread.start()
+    thread.join(2)
+    assert [e.detail for e in log.events()] == ["thread crashed: IndexError"]
+    assert capsys.readouterr().err == ""

@@ -1,8 +1,8 @@
 """The chat room's protocol, tested: what every room in the workbook speaks.
 
-Lesson 03 teaches it by hand (its own copy of the constants, ``clean``,
-``name_key`` and ``name_problem``; ``tests/test_architecture.py`` proves the two
-copies are the same). Later rooms (lesson 05's exercise, lesson 08's asyncio
+Lesson 03 teaches ``clean`` by hand (``tests/test_architecture.py`` proves its
+copy is this one) and takes the rest from here: the limits, the texts, and the
+name rules its notebook shows (``name_key``, ``name_problem``). Later rooms (lesson 05's exercise, lesson 08's asyncio
 room, lesson 11's TLS room) import it from here, and ``tests/test_chat_rooms.py``
 runs one conformance suite against all of them.
 

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.text import Text
 
-from .server import BackgroundServer, bound_socket
+from .server import BackgroundServer, bound_socket, fd_limit, raise_fd_limit
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, Event, Transcript
 
 DEFAULT_HOST = "127.0.0.1"
@@ -199,6 +199,14 @@ def client_command(commands, port: int, transport: str = "tcp", timeout: float =
 
 
 # --- Running the commands ---
+
+def need_open_files(parser: argparse.ArgumentParser, need: int, what: str) -> None:
+    """Raise this process's limit on open files to ``need`` (every socket is one); if the
+    system allows fewer, stop with a usage error: "WHAT needs N open files, and ..."."""
+    raise_fd_limit(need)
+    if (limit := fd_limit()) is not None and limit < need:
+        parser.error(f"{what} needs {need:,} open files, and this system allows {limit:,} (ulimit -n)")
+
 
 def serve_forever(serve: Callable, args: argparse.Namespace, name: str = "server",
                   transport: str = "tcp", listener: Optional[socket.socket] = None) -> int:

@@ -6,7 +6,8 @@
         line = alice.next_line(timeout=1.0)       # TimeoutError; ConnectionClosed at the end
 
 ``converse(client, console)`` is a person's side of it, for the chat lessons'
-``client`` command: what is typed goes out, what arrives is shown, until the server closes.
+``client`` command: what is typed goes out, what arrives is shown, until the server closes;
+``chat_session(room, name)`` adds the greeting and the name.
 
 A reader thread collects every line the server sends, so the program never
 blocks on the socket and every wait has a timeout. It survives anything a
@@ -288,6 +289,16 @@ def converse(client: LineClient, console: Console, goodbye: str = chat.BYE) -> i
             console.print(Text(f"{closed} (its last words: {last or 'none'})", style="bold red"))
             return 1
         show(console, last)
+
+
+def chat_session(room: ChatClient, name: Optional[str] = None) -> int:
+    """A person in a chat room, from a terminal or a pipe: the greeting, ``name`` if given,
+    then :func:`converse`. Returns its exit status."""
+    console = Console(highlight=False)
+    show(console, room.greeting)
+    if name:
+        room.say(name)   # if it is taken, the next line typed is the next try
+    return converse(room, console)
 
 
 def show_typed(console: Console, line: str) -> None:

@@ -10,6 +10,9 @@ timeout ends that client only: it is recorded, and the others go on. At most
 instead of costing a thread, and its place is free again the moment a client's
 socket is closed. Stopping shuts every connection down (kit.server's stopper), so
 every handler returns, and every thread is joined.
+
+``recorded(target, log)`` is the smallest guard a thread can have: an exception
+escaping ``target`` is recorded in the transcript instead of printed.
 """
 from __future__ import annotations
 
@@ -22,6 +25,17 @@ from .server import JOIN_TIMEOUT, Stopper, accept_until
 from .transcript import ACCEPT, CLOSE, ERROR, NOTE, SERVER, Transcript
 
 Handler = Callable[[socket.socket, Transcript, str], None]
+
+
+def recorded(target: Callable, log: Transcript) -> Callable:
+    """target, wrapped so that an exception escaping it is recorded, not printed by its thread
+    (lesson 03 runs the tutorial's handler in it)."""
+    def run(*args):
+        try:
+            target(*args)
+        except Exception as exc:
+            log.record(SERVER, ERROR, detail=f"thread crashed: {type(exc).__name__}")
+    return run
 
 
 def turn_away(conn: socket.socket, log: Transcript, who: str) -> None:
