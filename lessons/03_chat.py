@@ -38,9 +38,9 @@ from rich.console import Console
 from rich.table import Table
 
 # The protocol's limits and texts, and its name rules (name_key, name_problem): the kit's
-# tested copy, shown in the notebook. The limits are all here, as the room's to show.
+# tested copy, the one every room uses. (MAX_SEND: the notebook shows it as chat.MAX_SEND.)
 from lessons.kit.chat import (ANSI_ESCAPE, AS_SPACE, BYE, CROWDED, FLAG, GREETING, IDLE_BYE,
-                              IDLE_TIMEOUT, LEFT, LEFT_IDLE, LEFT_SLOW, MAX_LINE, MAX_NAME,
+                              IDLE_TIMEOUT, LEFT, LEFT_IDLE, LEFT_SLOW, MAX_LINE,
                               MAX_SEND, MAX_TEXT, MAX_WAITING, NAME_MIXED, NAMING_TIMEOUT,
                               NAMING_TOO_SLOW, RESERVED_FDS, ROOM_FULL, TAKEN, TOO_LONG, UNKNOWN,
                               encode, fit, name_key, name_problem, room_limits, shows_safely,
