@@ -9,7 +9,7 @@ outputs byte for byte. Here, unless the command line says otherwise:
 - anything machine-specific in an output is masked by the patterns in
   ``nbval_sanitize.cfg`` (``--nbval-sanitize-with``).
 
-Tests run on several workers (pytest-xdist): two per core, since most tests
+Tests run on several workers (pytest-xdist): three per core, since most tests
 spend much of their time waiting on sockets and timers. Each notebook runs whole
 on one worker (its cells share one kernel and run in order); every other test
 goes to whichever worker is free.
@@ -38,11 +38,11 @@ def pytest_configure(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: two workers per core. A test here is a server and its clients, and
-    they mostly wait (for a timeout, a peer, a child process), so one per core leaves
-    the cores about half idle."""
+    """``-n auto``: three workers per core. A test here is a server and its clients, and
+    they mostly wait (for a timeout, a peer, a child process): on 2 cores, 2 workers kept
+    the cores 51% busy, 4 workers 76% and 6 workers 88% (benchmarks/RESULTS.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(2 * (cores or 1), 32)
+    return min(3 * (cores or 1), 32)
 
 
 @pytest.hookimpl(optionalhook=True)

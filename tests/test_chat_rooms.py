@@ -387,7 +387,9 @@ def test_520_silent_connections_cannot_lock_people_out(served):
     with contextlib.ExitStack() as stack:
         silent = [stack.enter_context(socket.create_connection(served.address, timeout=5))
                   for _ in range(520)]
-        with ChatClient(served.address, "real", timeout=10) as real:
+        # Time enough on a busy machine: through tls_room, each silent one costs TLS handshakes
+        # in this process first. The test is that "real" gets in at all, not how fast.
+        with ChatClient(served.address, "real", timeout=30) as real:
             assert real.welcome == chat.welcome("real")
         # The connection that waited longest was told why, and closed, to make room.
         assert recv_until_eof(silent[0]).decode().splitlines() == [chat.GREETING, chat.CROWDED]
