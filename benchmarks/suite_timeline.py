@@ -2,6 +2,7 @@
 
     python benchmarks/suite_timeline.py                  # the whole suite, as an instructor runs it
     python benchmarks/suite_timeline.py -- -n 6          # arguments after -- go to pytest
+    python benchmarks/suite_timeline.py --top 60 --rows timeline.jsonl   # more rows; keep them
 
 Runs pytest here (not in a clone) with this file loaded as a plugin too: every
 worker appends one line per test to a file (worker, test, start, end, CPU
@@ -70,6 +71,8 @@ def report(rows: list, started: float, top: int = 15) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--top", type=int, default=15, help="modules and tests to list (default %(default)s)")
+    parser.add_argument("--rows", type=pathlib.Path, help="also write every test's row to this file (JSON lines)")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra arguments for pytest")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +88,10 @@ def main() -> int:
     user, system = after.ru_utime - cpu.ru_utime, after.ru_stime - cpu.ru_stime
     print(f"wall {wall:.1f} s; CPU {user:.1f} s user + {system:.1f} s system: "
           f"{(user + system) / wall:.2f} cores busy on average, of {os.cpu_count()}")
+    if args.rows:
+        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if rows:
-        report(rows, started)
+        report(rows, started, args.top)
     return result.returncode
 
 
