@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 
 def workbook_root(installed_at: pathlib.Path | None = None, here: pathlib.Path | None = None) -> pathlib.Path:
@@ -85,6 +86,16 @@ class ServerProcess:
             self._log_size += len(line)
             while self._log_size > MAX_LOG and len(self._log) > 1:
                 self._log_size -= len(self._log.popleft())
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> bool:
+        """Wait until a line of the child's stderr contains ``text``; False if none did in time.
+        (What was logged long ago, beyond the last MAX_LOG bytes, is not searched.)"""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self._log)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     @classmethod
     def lesson(cls, name: str, *options: str, **kwargs) -> "ServerProcess":
