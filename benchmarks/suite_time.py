@@ -32,7 +32,7 @@ def one_run(rev: str, extra: list[str]) -> tuple[float, int, str]:
         clone = pathlib.Path(tmp) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", rev], check=True)
-        env = dict(os.environ, PYTHONPATH=str(clone))
+        env = dict(os.environ, PYTHONPATH=str(clone), COLUMNS="400")   # failures with their messages
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-q", *extra], cwd=clone, env=env,
                                 capture_output=True, text=True)
