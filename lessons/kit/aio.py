@@ -173,7 +173,11 @@ class Serving:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.sleep(0)                    # a closed transport with nothing queued ends
         for transport in list(self.transports):   # a Protocol's, or one with data still queued
-            transport.abort()
+            # One that is closing with nothing queued has ended, or will next pass. Not aborted:
+            # if it ended by sending the last of its data after close(), asyncio (3.11 to 3.13
+            # at least) has already let go of its loop, and abort() raises AttributeError.
+            if not transport.is_closing() or transport.get_write_buffer_size():
+                transport.abort()
         await asyncio.sleep(0)                    # let the loop run their connection_lost()
 
     def failure(self) -> Optional[BaseException]:
