@@ -195,7 +195,7 @@ def test_verification_off_is_the_problem(impostor):
 def test_a_plain_client_gets_no_echo_from_the_tls_server(server):
     try:
         reply = adversary.half_close(server.address, SECRET)
-    except ConnectionResetError:
+    except OSError:   # a reset; or ENOTCONN from shutdown(), when the reset came before it
         reply = b""
     assert SECRET not in reply
     assert server.log.wait_for(lambda evs: any(e.kind == ERROR for e in evs))
