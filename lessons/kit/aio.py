@@ -173,10 +173,9 @@ class Serving:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.sleep(0)                    # a closed transport with nothing queued ends
         for transport in list(self.transports):   # a Protocol's, or one with data still queued
-            # One that is closing with nothing queued has ended, or will next pass. Not aborted:
-            # if it ended by sending the last of its data after close(), asyncio (3.11 to 3.13
-            # at least) has already let go of its loop, and abort() raises AttributeError.
-            if not transport.is_closing() or transport.get_write_buffer_size():
+            # abort() raises AttributeError on a socket transport that has already ended by
+            # sending its last data after close() (asyncio 3.11 at least): nothing to abort.
+            with contextlib.suppress(AttributeError):
                 transport.abort()
         await asyncio.sleep(0)                    # let the loop run their connection_lost()
 
