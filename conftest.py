@@ -16,6 +16,9 @@ goes to whichever worker is free.
 """
 import os
 import pathlib
+import sys
+import tempfile
+import uuid
 
 import pytest
 
@@ -33,6 +36,38 @@ def pytest_configure(config):
         option.nbval_cell_timeout = 60
     if not option.nbval_sanitize_with:
         option.nbval_sanitize_with = str(ROOT / "nbval_sanitize.cfg")
+    talk_to_kernels_over_unix_sockets()
+
+
+def talk_to_kernels_over_unix_sockets() -> None:
+    """Each notebook's kernel listens on Unix sockets, not on five loopback TCP ports.
+
+    jupyter_client picks a kernel's ports by binding port 0 and closing the socket; the
+    kernel binds them a second or so later. Meanwhile the tests open thousands of loopback
+    connections, and one of them can take such a port as its own: the kernel then cannot
+    bind it, and nbval waits 60 s for it ("Kernel didn't respond in 60 seconds", every
+    cell of that notebook an error; 1 full run in 6 on 6 workers). ZeroMQ has no Unix
+    sockets on Windows, which keeps TCP.
+    """
+    if sys.platform == "win32":
+        return
+    import nbval.kernel
+    if not getattr(nbval.kernel.KernelManager, "over_unix_sockets", False):
+        nbval.kernel.KernelManager = _unix_socket_manager(nbval.kernel.KernelManager)
+
+
+def _unix_socket_manager(manager: type) -> type:
+    class UnixSocketKernelManager(manager):
+        """A KernelManager whose kernel's sockets are files: an absolute path of their own
+        (the kernel runs in notebooks/, nbval elsewhere; a relative one would differ)."""
+        over_unix_sockets = True
+
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), f"nbval-{uuid.uuid4().hex[:12]}"))
+            super().__init__(**kwargs)
+
+    return UnixSocketKernelManager
 
 
 

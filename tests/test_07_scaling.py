@@ -224,7 +224,10 @@ def test_chat_fanout_from_the_command_line_every_line_reaches_every_other_member
         assert p.correct and p.note == "", p.note
         assert p.sent > 0 and p.sent % 10 == 0                # ten talkers, whole rounds
         assert p.delivered == p.sent * 9                       # each line to the nine others
-        assert p.requests_per_second > 0 and p.cpu_us_per_request > 0 and p.server_rss_kib > 0
+        assert p.requests_per_second > 0 and p.server_rss_kib > 0
+        # Measured, not missing (NaN); it may be 0: /proc counts CPU in 10 ms ticks, and
+        # a 0.2 s run on a busy machine gave the room less than one (1 full run in 6).
+        assert p.cpu_us_per_request >= 0
         assert math.isnan(p.rss_per_idle_connection)          # ten members: not shown
         assert f"{p.requests_per_second:,.0f}" in flat
     assert "every point of experiment 3" in (tmp_path / "table.txt").read_text()
