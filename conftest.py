@@ -46,7 +46,7 @@ def talk_to_kernels_over_unix_sockets() -> None:
     kernel binds them a second or so later. Meanwhile the tests open thousands of loopback
     connections, and one of them can take such a port as its own: the kernel then cannot
     bind it, and nbval waits 60 s for it ("Kernel didn't respond in 60 seconds", every
-    cell of that notebook an error; 1 full run in 6 on 6 workers). ZeroMQ has no Unix
+    cell of that notebook an error; once in about 18 full runs). ZeroMQ has no Unix
     sockets on Windows, which keeps TCP.
     """
     if sys.platform == "win32":
@@ -68,7 +68,6 @@ def _unix_socket_manager(manager: type) -> type:
             super().__init__(**kwargs)
 
     return UnixSocketKernelManager
-
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -9,8 +9,8 @@
     print(states.table())                    # socket · state · owner, now
     print(states.timeline())                 # one row per snap, one column per socket
 
-The states come from the operating system through psutil, which reads the same
-table as these shell commands (run them while a lesson's server listens on 9909):
+The states come from the operating system (on Linux from /proc/net/tcp and tcp6,
+elsewhere through psutil): the same table as these shell commands (run them while a lesson's server listens on 9909):
 
     ss -tan 'sport = :9909 or dport = :9909'          # Linux
     netstat -an | grep 9909                           # Linux, macOS, Windows
