@@ -10,7 +10,8 @@
     print(states.timeline())                 # one row per snap, one column per socket
 
 The states come from the operating system (on Linux from /proc/net/tcp and tcp6,
-elsewhere through psutil): the same table as these shell commands (run them while a lesson's server listens on 9909):
+elsewhere through psutil): the same table as these shell commands read (run
+them while a lesson's server listens on 9909):
 
     ss -tan 'sport = :9909 or dport = :9909'          # Linux
     netstat -an | grep 9909                           # Linux, macOS, Windows
