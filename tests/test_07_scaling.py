@@ -56,7 +56,8 @@ def test_a_crashed_refusing_or_iterative_server_is_reported_and_the_lab_goes_on(
     for n in (1, 3, 5):
         good = by[("05 selectors (default)", n)]
         assert good.correct and good.requests_per_second > 0 and good.note == ""
-        assert good.p50_ms <= good.p99_ms and good.server_rss_kib > 0 and good.cpu_us_per_request > 0
+        # CPU may read 0: /proc counts it in 10 ms ticks, and 0.3 s at 321 req/s on a busy machine used less.
+        assert good.p50_ms <= good.p99_ms and good.server_rss_kib > 0 and good.cpu_us_per_request >= 0
         assert math.isnan(good.rss_per_idle_connection)   # fewer than 1,000 connections: not shown
         assert good.ceiling_rps >= good.requests_per_second   # the fastest, without a yardstick
     paths = scaling.write_results(points, tmp_path, scaling.machine(), figures=False)

@@ -45,16 +45,21 @@ def _us(value: float) -> str:
     return "" if value != value else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def _rate(p, where: str, footnotes: list[str]) -> str:
+    """A point's rate cell: the rate (* near the load generator's ceiling), "not run", or
+    "fails [n]" with its reason added to the footnotes."""
+    if p.note.startswith("not run"):
+        return "not run"
+    if not p.correct:
+        footnotes.append(f"{p.architecture}, {where}: {p.note or 'failed'}")
+        return f"fails [{len(footnotes)}]"
+    return f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else "")
+
+
 def _rows(points, experiment: str, footnotes: list[str]) -> list[list[str]]:
     rows = []
     for p in (p for p in points if p.experiment == experiment):
-        if p.note.startswith("not run"):
-            rate = "not run"
-        elif not p.correct:
-            footnotes.append(f"{p.architecture}, {_x(p):,} {EXPERIMENTS[experiment][2]}: {p.note or 'failed'}")
-            rate = f"fails [{len(footnotes)}]"
-        else:
-            rate = f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else "")
+        rate = _rate(p, f"{_x(p):,} {EXPERIMENTS[experiment][2]}", footnotes)
         ran = p.correct or p.requests_per_second > 0
         measured = [_ms(p.p50_ms), _ms(p.p99_ms), _us(p.cpu_us_per_request)] if ran else ["", "", ""]
         rows.append([p.architecture, f"{_x(p):,}", rate, *measured, _count(p.rss_per_idle_connection)])
@@ -95,13 +100,7 @@ def _fitted(title: str, first: str, x_name: str, headers: list[str], rows: list[
 def _chat_rows(points, footnotes: list[str]) -> list[list[str]]:
     rows = []
     for p in (p for p in points if p.experiment == "chat"):
-        if p.note.startswith("not run"):
-            rate = "not run"
-        elif not p.correct:
-            footnotes.append(f"{p.architecture}, {p.connections:,} members: {p.note or 'failed'}")
-            rate = f"fails [{len(footnotes)}]"
-        else:
-            rate = f"{p.requests_per_second:,.0f}" + ("*" if p.near_ceiling else "")
+        rate = _rate(p, f"{p.connections:,} members", footnotes)
         ran = p.delivered > 0
         kib = p.rss_per_idle_connection / 1024
         rows.append([p.architecture, f"{p.connections:,}", rate, f"{p.sent:,}" if ran else "",
