@@ -87,3 +87,21 @@ def run_module(*args: str, timeout: float = 30, **kwargs) -> subprocess.Complete
     env = dict(os.environ, PYTHONWARNINGS="error::ResourceWarning", COLUMNS="100")
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env, **kwargs)
+
+
+def said_once_per_shortage(err: str) -> int:
+    """How many times a server ran out of descriptors, checking from its log (``err``)
+    that it said so once each time and that each time ended ("descriptors free again").
+
+    A shortage can come back: clients that leave all at once free descriptors one by
+    one, and the listen queue can take them all again before the last are freed. What
+    must never happen is a line per failed accept() (asyncio's did: 15,536 in 5 s)."""
+    said = [line for line in err.splitlines()
+            if "out of file descriptors" in line or "descriptors free again" in line]
+    assert said, f"the server never said it was out of descriptors:\n{err}"
+    for i, line in enumerate(said):
+        expected = "out of file descriptors" if i % 2 == 0 else "descriptors free again"
+        assert expected in line, f"line {i + 1} of these should say {expected!r}:\n" + "\n".join(said)
+    assert len(said) % 2 == 0, "the last shortage never ended:\n" + "\n".join(said)
+    assert len(said) <= 10, f"{len(said) // 2} shortages: a flood, not a few:\n" + "\n".join(said)
+    return len(said) // 2

@@ -15,6 +15,7 @@ from lessons.kit.check import check, describe_error, expect_value, run_scenario,
 from lessons.kit.stream import recv_exactly, recv_message, recv_until_eof, send_message
 from lessons.kit.transcript import (ACCEPT, CLIENT, CLOSE, CONNECT, EOF, LISTEN, RECV,
                                     SEND, SERVER, SHUTDOWN, Event, causal_order)
+from tests.conftest import said_once_per_shortage
 
 
 def idle_server(listener, stop, log):
@@ -429,3 +430,19 @@ def test_stopping_after_a_protocol_closed_with_data_queued_and_then_sent_it():
 
     lost = asyncio.Event()
     assert asyncio.run(go()) == len(data)
+
+
+@pytest.mark.parametrize("log, episodes", [
+    ("error  out of file descriptors (EMFILE)\nnote   descriptors free again\n", 1),
+    ("error  out of file descriptors\nnote   descriptors free again\n" * 2, 2),
+    ("", None),                                                             # never said
+    ("error  out of file descriptors\n" * 2 + "note   descriptors free again\n", None),   # twice
+    ("error  out of file descriptors\n", None),                            # never over
+    ("error  out of file descriptors\nnote   descriptors free again\n" * 6, None),       # a flood
+])
+def test_said_once_per_shortage_checks_what_a_server_logged(log, episodes):
+    if episodes is None:
+        with pytest.raises(AssertionError):
+            said_once_per_shortage(log)
+    else:
+        assert said_once_per_shortage(log) == episodes
