@@ -12,8 +12,11 @@ outputs byte for byte. Here, unless the command line says otherwise:
 Tests run on several workers (pytest-xdist): three per core, since most tests
 spend much of their time waiting on sockets and timers. Each notebook runs whole
 on one worker (its cells share one kernel and run in order); every other test
-goes to whichever worker is free.
+goes to whichever worker is free. Before they start, the sources are compiled
+once for all of them (``compile_once``).
 """
+import compileall
+import fnmatch
 import os
 import pathlib
 import sys
@@ -37,6 +40,61 @@ def pytest_configure(config):
     if not option.nbval_sanitize_with:
         option.nbval_sanitize_with = str(ROOT / "nbval_sanitize.cfg")
     talk_to_kernels_over_unix_sockets()
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        compile_once(config)   # the controller, before it starts the workers
+
+
+SOURCES = ("lessons", "solutions", "tests", "benchmarks")
+
+
+def compile_once(config) -> int:
+    """Compile the workbook's modules, and rewrite the test modules' asserts, once.
+
+    Python caches a module's bytecode in ``__pycache__`` and pytest caches each test
+    module with its asserts rewritten, unless PYTHONDONTWRITEBYTECODE is set (it is on
+    some CI machines): then each of the six workers rewrote every test module (about 2 s
+    apiece), and each of the 200-odd servers and clients the tests start compiled the kit
+    again (about 0.1 s apiece). Even without it, six workers on a fresh clone all do the
+    same at once. So the controller writes both caches first, as pip and compileall
+    would; a stale entry is never used (Python checks each against its source).
+
+    The rewriting uses pytest's own, internal functions; if they change, this does
+    nothing (slower, never wrong), and tests/test_suite_setup.py fails.
+    Returns how many test modules have their rewritten code cached.
+    """
+    for name in SOURCES:   # (test modules excepted: pytest never imports them plainly)
+        compileall.compile_dir(ROOT / name, quiet=2, rx=_rewritten_by_pytest(config))
+    try:
+        from _pytest.assertion import rewrite
+        state = config.stash[rewrite.assertstate_key]
+    except (ImportError, AttributeError, KeyError):   # another pytest, or --assert=plain
+        return 0
+    count = 0
+    rewritten = _rewritten_by_pytest(config)
+    for path in [ROOT / "conftest.py", *(ROOT / "tests").glob("*.py")]:
+        if not rewritten.search(path.name):
+            continue
+        try:
+            pyc = rewrite.get_cache_dir(path) / (path.name[:-3] + rewrite.PYC_TAIL)
+            if rewrite._read_pyc(path, pyc) is None:
+                pyc.parent.mkdir(exist_ok=True)
+                source_key, code = rewrite._rewrite_test(path, config)
+                rewrite._write_pyc(state, code, source_key, pyc)
+            count += 1
+        except (AttributeError, TypeError, ValueError, OSError, SyntaxError):
+            return count   # pytest changed, a read-only clone, a broken test: the workers cope
+    return count
+
+
+class _rewritten_by_pytest:
+    """Matches the test modules pytest rewrites (python_files, and conftest.py)."""
+
+    def __init__(self, config):
+        self.patterns = [*config.getini("python_files"), "conftest.py"]
+
+    def search(self, path) -> bool:
+        name = os.path.basename(str(path))
+        return any(fnmatch.fnmatch(name, pattern) for pattern in self.patterns)
 
 
 def talk_to_kernels_over_unix_sockets() -> None:
