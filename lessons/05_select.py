@@ -416,9 +416,9 @@ serve_fast = fastecho.serve
 def main(argv=None) -> int:
     parser, commands = lesson_parser(__doc__, "05_select")
     serve_cmd = serve_command(commands, port=9905)
-    serve_cmd.add_argument("--selector", choices=list(SELECTORS), default="default",
-                           help="how to wait for readiness: the ones this platform has "
-                                "(default: the best of them)")
+    serve_cmd.add_argument("--selector", choices=list(SELECTORS), default="default", metavar="NAME",
+                           help="how to wait for readiness: " + ", ".join(SELECTORS) +
+                                " (the ones this platform has; default: the best of them)")
     serve_cmd.add_argument("--idle-timeout", type=seconds(0, 86400, zero_means="never"),
                            default=IDLE_TIMEOUT, metavar="SECONDS",
                            help="close a connection that sends and takes nothing for this long "

@@ -330,7 +330,10 @@ def client(args) -> int:
     """Echo a message over TLS, or (--chat) join the room over TLS; TLS failures in one line."""
     try:
         context = client_context(args.cafile)
-    except (OSError, ValueError) as exc:   # missing, unreadable, or not a PEM certificate
+    except ssl.SSLError as exc:            # (an OSError too) read, but holds no certificate
+        stderr.print(f"[red]cannot use --cafile {args.cafile}: not a PEM certificate ({explain(exc)})[/]")
+        return 1
+    except (OSError, ValueError) as exc:   # missing or unreadable
         stderr.print(f"[red]cannot use --cafile {args.cafile}: {explain(exc)}[/]")
         return 1
     name = args.server_name or args.host

@@ -361,6 +361,13 @@ def test_serve_in_a_directory_that_does_not_exist_says_so(sockdir, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_serve_in_a_directory_that_cannot_hold_a_socket_says_so_not_that_it_is_missing(capsys):
+    assert addresses.main(["serve", "--unix", "/proc/x.sock"]) == 1   # bind() says ENOENT there
+    err = capsys.readouterr().err
+    assert "/proc cannot hold a socket file" in err and "no such directory" not in err
+
+
 def test_a_flood_of_connections_is_turned_away_past_the_limit_and_the_rest_are_served(monkeypatch):
     monkeypatch.setattr(addresses, "MAX_CLIENTS", 3)
     log = Transcript()

@@ -233,9 +233,13 @@ def why_not(exc: OSError, args: argparse.Namespace) -> str:
     """One line on why a socket call failed, in the terms of the command line."""
     if isinstance(exc, FileExistsError) and not exc.strerror:   # ours, from a stale-file check
         return str(exc)
-    if isinstance(exc, FileNotFoundError):   # connect(): no file; bind(): no directory
-        return "no such socket file: is the server running?" if args.command == "client" else \
-            "no such directory"
+    if isinstance(exc, FileNotFoundError):   # connect(): no file; bind(): no directory...
+        if args.command == "client":
+            return "no such socket file: is the server running?"
+        folder = os.path.dirname(os.path.abspath(args.unix)) if args.unix else ""
+        if folder and os.path.isdir(folder):   # ...or one that takes no new files, as /proc
+            return f"{folder} cannot hold a socket file"
+        return "no such directory"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nobody is listening" + (" (a stale socket file?)" if args.unix else "")
     if isinstance(exc, socket.gaierror):
