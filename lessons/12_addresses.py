@@ -35,9 +35,10 @@ from lessons.kit.adversary import closed_port
 from lessons.kit.check import describe_error
 from lessons.kit.cli import lesson_parser, main_guard, serve_forever, stderr
 from lessons.kit.echo import echo, handle
-from lessons.kit.families import (HAVE_PEERCRED, HAVE_UNIX, NO_DUALSTACK, NO_IPV6, NO_UNIX,
-                                  add_where_args, check_where_args, exchange, from_loopback, have_ipv6,
-                                  peer_kind, unix_address, unix_echo, where, why_not)
+from lessons.kit.families import (HAVE_PEERCRED, HAVE_UNIX, LOOPBACKS, NO_DUALSTACK, NO_IPV6, NO_UNIX,
+                                  add_where_args, check_where_args, exchange, free_on_both_loopbacks,
+                                  from_loopback, have_ipv6, peer_kind, unix_address, unix_echo, where,
+                                  why_not)
 from lessons.kit.server import JOIN_TIMEOUT, running_on
 from lessons.kit.threaded import serve_threads
 from lessons.kit.transcript import CLIENT, NOTE, Transcript
@@ -139,6 +140,8 @@ def listen_tcp(host: str, port: int = 0, backlog: int = socket.SOMAXCONN) -> soc
     """
     if not host:   # bind(("", port)) would silently mean every interface
         raise ValueError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or ::")
+    if port == 0 and host in LOOPBACKS:   # a number free on the other loopback too (we knock there)
+        port = free_on_both_loopbacks()
     if host == "::" and socket.has_dualstack_ipv6():
         return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
                                     dualstack_ipv6=True)

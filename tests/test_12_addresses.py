@@ -24,7 +24,7 @@ from lessons.kit.unixpeers import crash_a_server, permission_experiment
 from lessons.kit.echo import echo
 from lessons.kit.families import (HAVE_ABSTRACT, HAVE_PEERCRED, HAVE_UNIX, NO_ABSTRACT, NO_DUALSTACK,
                                   NO_IPV6, NO_OTHER_USER, NO_PEERCRED, NO_UNIX, address_kind,
-                                  from_loopback, have_ipv6, knock, peer_kind)
+                                  free_on_both_loopbacks, from_loopback, have_ipv6, knock, peer_kind)
 from lessons.kit.server import running_on
 from lessons.kit.transcript import ACCEPT, CLOSE, SERVER, Transcript
 from tests.conftest import lesson
@@ -118,6 +118,32 @@ def test_names_and_the_tutorials_localhost():
         assert listener.family == socket.AF_INET and listener.getsockname()[0] == "127.0.0.1"
     with running_on(addresses.listen_tcp("127.0.0.1"), addresses.serve) as server:
         assert addresses.tutorial_client(server.port) == "Received: Hello, Server!"
+
+
+@needs_ipv6
+def test_a_port_free_on_both_loopbacks_binds_on_each_without_reuse():
+    port = free_on_both_loopbacks()
+    with socket.socket(socket.AF_INET) as v4, socket.socket(socket.AF_INET6) as v6:
+        v4.bind(("127.0.0.1", port))   # no SO_REUSEADDR: any socket on that port would refuse it
+        v6.bind(("::1", port))
+
+
+@needs_ipv6
+def test_a_port_taken_on_ipv6_is_skipped(monkeypatch):
+    # Port 0 picked an IPv4 number that something holds on ::1: the next number is tried.
+    skipped = []
+
+    class Probe(socket.socket):
+        def bind(self, address):
+            if self.family == socket.AF_INET6 and address[1] and not skipped:
+                skipped.append(address[1])
+                raise OSError(98, "Address already in use")
+            return super().bind(address)
+
+    monkeypatch.setattr(socket, "socket", Probe)
+    port = free_on_both_loopbacks()
+    monkeypatch.undo()
+    assert len(skipped) == 1 and port != skipped[0]
 
 
 @needs_ipv6

@@ -17,6 +17,7 @@ to the same lifecycle::
 - :func:`exchange`          the echo client's half: send, half-close, read to EOF, on any socket
 - :func:`unix_echo`         the echo client over a Unix socket path
 - :func:`have_ipv6`         whether this machine has IPv6 loopback at all
+- :func:`free_on_both_loopbacks`  a port number nobody uses on 127.0.0.1 nor on ::1
 - :func:`unix_address`      a Unix socket path as bind() takes it; ``@name``: the abstract namespace
 - :func:`add_where_args`    ``--host`` (a name or an address) or ``--unix PATH``, and ``--port``
 """
@@ -58,6 +59,31 @@ def have_ipv6() -> bool:
         return True
     except OSError:
         return False
+
+
+def free_on_both_loopbacks(attempts: int = 100) -> int:
+    """A port number that nothing uses on 127.0.0.1 nor on ::1 (nor on 0.0.0.0 or ::).
+
+    Port 0 picks a port free in the socket's own family only: a server on ::1 can get
+    a number that another program listens on at 127.0.0.1, and a client that knocks
+    there, expecting to be refused, reaches that program instead (lesson 12's notebook
+    did, once in about a dozen full test runs). Bound without SO_REUSEADDR, each probe
+    conflicts with any socket on that port, listening or not. The number is free when
+    this returns; bind it at once.
+    """
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as v4:
+            v4.bind(("127.0.0.1", 0))
+            port = v4.getsockname()[1]
+            if not have_ipv6():
+                return port
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as v6:
+                try:
+                    v6.bind(("::1", port))
+                except OSError:   # taken on ::1: try another number
+                    continue
+                return port
+    raise OSError(f"no port free on both loopbacks in {attempts} attempts")
 
 
 def _ip(peer) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
