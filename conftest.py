@@ -30,6 +30,8 @@ NBVAL_DEFAULT_CELL_TIMEOUT = 2000  # nbval's own default, i.e. "not given"
 
 
 def pytest_configure(config):
+    if not hasattr(config, "workerinput"):   # the controller (or the only process)
+        compile_once(config, rewrite_tests=bool(config.getoption("numprocesses", None)))
     option = config.option
     if not hasattr(option, "nbval_current_env"):  # nbval is not installed
         return
@@ -40,15 +42,14 @@ def pytest_configure(config):
     if not option.nbval_sanitize_with:
         option.nbval_sanitize_with = str(ROOT / "nbval_sanitize.cfg")
     talk_to_kernels_over_unix_sockets()
-    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
-        compile_once(config)   # the controller, before it starts the workers
 
 
 SOURCES = ("lessons", "solutions", "tests", "benchmarks")
 
 
-def compile_once(config) -> int:
-    """Compile the workbook's modules, and rewrite the test modules' asserts, once.
+def compile_once(config, rewrite_tests: bool = True) -> int:
+    """Compile the workbook's modules and (``rewrite_tests``) rewrite the test modules'
+    asserts, once, before any worker starts.
 
     Python caches a module's bytecode in ``__pycache__`` and pytest caches each test
     module with its asserts rewritten, unless PYTHONDONTWRITEBYTECODE is set (it is on
@@ -56,14 +57,20 @@ def compile_once(config) -> int:
     apiece), and each of the 200-odd servers and clients the tests start compiled the kit
     again (about 0.1 s apiece). Even without it, six workers on a fresh clone all do the
     same at once. So the controller writes both caches first, as pip and compileall
-    would; a stale entry is never used (Python checks each against its source).
+    would. Python uses a cached module only if its source's modification time and size
+    still match (pytest 9: its hash); restoring an older file with its old time and size
+    (``cp -p``, ``tar``) can fool the first check, as it can with any ``__pycache__``.
 
-    The rewriting uses pytest's own, internal functions; if they change, this does
-    nothing (slower, never wrong), and tests/test_suite_setup.py fails.
-    Returns how many test modules have their rewritten code cached.
+    Test modules are rewritten only for workers: a single process (``-n 0``, one test
+    file) rewrites just the ones it runs. The rewriting uses pytest's own, internal
+    functions; if they change, this does nothing (slower, never wrong), and
+    tests/test_suite_setup.py fails. Returns how many test modules have their
+    rewritten code cached.
     """
     for name in SOURCES:   # (test modules excepted: pytest never imports them plainly)
         compileall.compile_dir(ROOT / name, quiet=2, rx=_rewritten_by_pytest(config))
+    if not rewrite_tests:
+        return 0
     try:
         from _pytest.assertion import rewrite
         state = config.stash[rewrite.assertstate_key]
@@ -77,9 +84,10 @@ def compile_once(config) -> int:
         try:
             pyc = rewrite.get_cache_dir(path) / (path.name[:-3] + rewrite.PYC_TAIL)
             if rewrite._read_pyc(path, pyc) is None:
-                pyc.parent.mkdir(exist_ok=True)
+                pyc.parent.mkdir(parents=True, exist_ok=True)
                 source_key, code = rewrite._rewrite_test(path, config)
-                rewrite._write_pyc(state, code, source_key, pyc)
+                if not rewrite._write_pyc(state, code, source_key, pyc):
+                    return count   # cannot write here: leave the rest to the workers
             count += 1
         except (AttributeError, TypeError, ValueError, OSError, SyntaxError):
             return count   # pytest changed, a read-only clone, a broken test: the workers cope

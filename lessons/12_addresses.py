@@ -37,8 +37,8 @@ from lessons.kit.cli import lesson_parser, main_guard, serve_forever, stderr
 from lessons.kit.echo import echo, handle
 from lessons.kit.families import (HAVE_PEERCRED, HAVE_UNIX, LOOPBACKS, NO_DUALSTACK, NO_IPV6, NO_UNIX,
                                   add_where_args, check_where_args, exchange, free_on_both_loopbacks,
-                                  from_loopback, have_ipv6, peer_kind, unix_address, unix_echo, where,
-                                  why_not)
+                                  from_loopback, have_ipv6, holding, peer_kind, unix_address, unix_echo,
+                                  where, why_not)
 from lessons.kit.server import JOIN_TIMEOUT, running_on
 from lessons.kit.threaded import serve_threads
 from lessons.kit.transcript import CLIENT, NOTE, Transcript
@@ -130,25 +130,28 @@ def connect_in_order(addresses, timeout: float = 1.0, log: Transcript | None = N
 
 # --- Which address a server listens on. ---
 
-def listen_tcp(host: str, port: int = 0, backlog: int = socket.SOMAXCONN) -> socket.socket:
+def listen_tcp(host: str, port: int = 0, backlog: int = socket.SOMAXCONN,
+               dualstack: bool = True) -> socket.socket:
     """Listen on host (an address, or a name: its first address) and port.
 
     127.0.0.1 and ::1 are this machine only; 0.0.0.0 is every IPv4 address;
     ``::`` is every IPv6 address, and every IPv4 one too (dual stack) where
-    the OS allows: IPV6_V6ONLY's default differs (off on Linux, on in Windows
-    and FreeBSD), so we set it rather than inherit it.
+    the OS allows, unless ``dualstack`` is False: IPV6_V6ONLY's default differs
+    (off on Linux, on in Windows and FreeBSD), so we set it rather than inherit it.
     """
     if not host:   # bind(("", port)) would silently mean every interface
         raise ValueError("empty host: say 127.0.0.1 (this machine only), or 0.0.0.0 or ::")
-    if port == 0 and host in LOOPBACKS:   # a number free on the other loopback too (we knock there)
-        port = free_on_both_loopbacks()
-    if host == "::" and socket.has_dualstack_ipv6():
+    if host == "::" and dualstack and socket.has_dualstack_ipv6():
         return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
                                     dualstack_ipv6=True)
+    guard = None
+    if port == 0 and host in (*LOOPBACKS, "0.0.0.0", "::"):   # we knock on the other family too
+        port, guard = free_on_both_loopbacks(host)
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                    flags=socket.AI_PASSIVE)[0]
     # create_server sets SO_REUSEADDR, and IPV6_V6ONLY on for an IPv6 socket.
-    return socket.create_server(sockaddr, family=family, backlog=backlog)
+    with holding(guard) as keep:
+        return keep(socket.create_server(sockaddr, family=family, backlog=backlog))
 
 
 def outgoing_address(family: int = socket.AF_INET, destination=None) -> str | None:

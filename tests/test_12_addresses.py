@@ -8,6 +8,7 @@ the lesson itself uses.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -121,29 +122,41 @@ def test_names_and_the_tutorials_localhost():
 
 
 @needs_ipv6
-def test_a_port_free_on_both_loopbacks_binds_on_each_without_reuse():
-    port = free_on_both_loopbacks()
-    with socket.socket(socket.AF_INET) as v4, socket.socket(socket.AF_INET6) as v6:
-        v4.bind(("127.0.0.1", port))   # no SO_REUSEADDR: any socket on that port would refuse it
-        v6.bind(("::1", port))
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0"])
+def test_a_loopback_server_holds_its_port_on_the_other_family_while_it_lives(host):
+    other, family = ("127.0.0.1", socket.AF_INET) if ":" in host else ("::1", socket.AF_INET6)
+    listener = addresses.listen_tcp(host)
+    port = listener.getsockname()[1]
+    with listener:
+        with pytest.raises(ConnectionRefusedError):          # bound there, never listening
+            socket.create_connection((other, port), timeout=2)
+        with socket.socket(family) as squatter, pytest.raises(OSError):
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind((other, port))                     # nobody else gets that number
+    del listener
+    gc.collect()                                             # the listener gone: so is the hold
+    with socket.socket(family) as later:
+        later.bind((other, port))
 
 
 @needs_ipv6
 def test_a_port_taken_on_ipv6_is_skipped(monkeypatch):
-    # Port 0 picked an IPv4 number that something holds on ::1: the next number is tried.
-    skipped = []
+    # Port 0 picked an IPv4 number that something holds on ::1: another number is tried.
+    tried = []
 
     class Probe(socket.socket):
         def bind(self, address):
-            if self.family == socket.AF_INET6 and address[1] and not skipped:
-                skipped.append(address[1])
-                raise OSError(98, "Address already in use")
+            if self.family == socket.AF_INET6 and address[1]:
+                tried.append(address[1])
+                if len(tried) == 1:
+                    raise OSError(98, "Address already in use")
             return super().bind(address)
 
     monkeypatch.setattr(socket, "socket", Probe)
-    port = free_on_both_loopbacks()
+    port, guard = free_on_both_loopbacks("127.0.0.1")
     monkeypatch.undo()
-    assert len(skipped) == 1 and port != skipped[0]
+    with guard:
+        assert len(tried) == 2 and port == tried[1] and guard.getsockname()[:2] == ("::1", port)
 
 
 @needs_ipv6

@@ -17,18 +17,21 @@ to the same lifecycle::
 - :func:`exchange`          the echo client's half: send, half-close, read to EOF, on any socket
 - :func:`unix_echo`         the echo client over a Unix socket path
 - :func:`have_ipv6`         whether this machine has IPv6 loopback at all
-- :func:`free_on_both_loopbacks`  a port number nobody uses on 127.0.0.1 nor on ::1
+- :func:`free_on_both_loopbacks`  a port free on 127.0.0.1 and ::1, held on the other one
+- :func:`holding`           keep such a holder as long as its listener
 - :func:`unix_address`      a Unix socket path as bind() takes it; ``@name``: the abstract namespace
 - :func:`add_where_args`    ``--host`` (a name or an address) or ``--unix PATH``, and ``--port``
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import socket
 import sys
 import threading
+import weakref
 from typing import Optional
 
 from .check import describe_error
@@ -61,29 +64,54 @@ def have_ipv6() -> bool:
         return False
 
 
-def free_on_both_loopbacks(attempts: int = 100) -> int:
-    """A port number that nothing uses on 127.0.0.1 nor on ::1 (nor on 0.0.0.0 or ::).
+def free_on_both_loopbacks(host: str, attempts: int = 100) -> tuple[int, Optional[socket.socket]]:
+    """A port number that nothing uses on 127.0.0.1 nor on ::1, for a server about to
+    listen on ``host`` (an IPv4 or IPv6 address), and a socket that holds the same number
+    on the other family's loopback: bound, never listening, so a knock there is refused
+    and nobody else can bind it. Keep it as long as the server: :func:`holding`.
 
-    Port 0 picks a port free in the socket's own family only: a server on ::1 can get
+    Port 0 picks a port free in the socket's own family only: a server on ::1 could get
     a number that another program listens on at 127.0.0.1, and a client that knocks
-    there, expecting to be refused, reaches that program instead (lesson 12's notebook
+    there, expecting to be refused, reached that program instead (lesson 12's notebook
     did, once in about a dozen full test runs). Bound without SO_REUSEADDR, each probe
-    conflicts with any socket on that port, listening or not. The number is free when
-    this returns; bind it at once.
+    conflicts with any socket on that port, listening or not.
     """
+    if not have_ipv6():
+        return 0, None   # one loopback: port 0 is enough
+    other = "127.0.0.1" if ":" in host else "::1"
     for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as v4:
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
             v4.bind(("127.0.0.1", 0))
             port = v4.getsockname()[1]
-            if not have_ipv6():
-                return port
-            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as v6:
-                try:
-                    v6.bind(("::1", port))
-                except OSError:   # taken on ::1: try another number
-                    continue
-                return port
+            v6.bind(("::1", port))
+        except OSError:   # taken on ::1: try another number
+            v4.close(), v6.close()
+            continue
+        mine, guard = (v4, v6) if other == "::1" else (v6, v4)
+        mine.close()      # the server binds it next
+        return port, guard
     raise OSError(f"no port free on both loopbacks in {attempts} attempts")
+
+
+@contextlib.contextmanager
+def holding(guard: Optional[socket.socket]):
+    """``keep(listener)`` ties ``guard`` to the listener: it closes when the listener is
+    garbage-collected. If the listener is never made (bind failed), it closes at once."""
+    kept = []
+
+    def keep(listener: socket.socket) -> socket.socket:
+        if guard is not None:
+            weakref.finalize(listener, guard.close)
+        kept.append(listener)
+        return listener
+
+    try:
+        yield keep
+    finally:
+        if guard is not None and not kept:
+            guard.close()
 
 
 def _ip(peer) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
