@@ -40,7 +40,7 @@ import sys
 from rich.console import Console
 
 from lessons.kit import echo as echo_kit
-from lessons.kit.aio import Serving, serve_in_thread
+from lessons.kit.aio import Serving, serve_in_thread, streams_or_abort
 from lessons.kit.cli import (client_command, lesson_parser, main_guard, run_client, say, seconds,
                              serve_command, serve_forever, stderr)
 from lessons.kit.lineclient import ChatClient, chat_session
@@ -217,6 +217,9 @@ def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
             backend_in, backend_out = await asyncio.wait_for(
                 _connect(backend, connect_tls, server_hostname, buffer), handshake_timeout)
             writers.append(backend_out)
+            # Stopping aborts it with the clients' own: a TLS close() waits (up to 30 s) for
+            # the peer's close_notify, and a loop that ended first left its socket open.
+            serving.transports.add(backend_out.transport)
             pipes = [asyncio.ensure_future(_pipe(client_in, backend_out)),
                      asyncio.ensure_future(_pipe(backend_in, client_out))]
             try:
@@ -240,9 +243,13 @@ def relay(listener: socket.socket, stop, log: Transcript, *, backend: tuple,
             for writer in writers[1:]:      # stopping: at once, with whatever is still queued
                 _abort(writer) if stop.is_set() else writer.close()
 
+    serving = None
+
     async def start(listener: socket.socket, log: Transcript) -> Serving:
-        return await Serving.streams(connection, listener, log, tls=accept_tls,
-                                     handshake_timeout=handshake_timeout)
+        nonlocal serving
+        serving = await Serving.streams(connection, listener, log, tls=accept_tls,
+                                        handshake_timeout=handshake_timeout)
+        return serving
 
     serve_in_thread(start, listener, stop, log)
 
@@ -258,8 +265,9 @@ async def _connect(backend: tuple, context, server_hostname, buffer):
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock, ssl=context,
-                                         server_hostname=server_hostname if context else None)
+    loop = asyncio.get_running_loop()
+    return await streams_or_abort(lambda factory: loop.create_connection(
+        factory, sock=sock, ssl=context, server_hostname=server_hostname if context else None))
 
 
 def _buffers(sock, size: int | None) -> None:

@@ -432,6 +432,37 @@ def test_stopping_after_a_protocol_closed_with_data_queued_and_then_sent_it():
     assert asyncio.run(go()) == len(data)
 
 
+def test_a_connection_task_cancelled_before_it_ran_closes_its_socket():
+    """Serving.close() can cancel a client's task that the loop has not run yet (accepted
+    just before): its coroutine then never runs a line, and its socket was left open."""
+    import asyncio
+
+    from lessons.kit.aio import Serving
+    from lessons.kit.transcript import Transcript
+
+    ran = []
+
+    async def connected(conn, who):
+        ran.append(who)
+        conn.close()
+
+    async def go():
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            serving = Serving(listener, Transcript())
+            ours, theirs = socket.socketpair()
+            with ours:
+                first = serving._spawn(connected, theirs, "client 1")
+                first.cancel()                      # before its first step
+                await asyncio.gather(first, return_exceptions=True)
+                assert theirs.fileno() == -1 and ran == [] and not serving.unstarted
+                ours2, theirs2 = socket.socketpair()
+                with ours2:
+                    await serving._spawn(connected, theirs2, "client 2")   # ran: its own to close
+                assert ran == ["client 2"] and not serving.unstarted
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("log, episodes", [
     ("error  out of file descriptors (EMFILE)\nnote   descriptors free again\n", 1),
     ("error  out of file descriptors\nnote   descriptors free again\n" * 2, 2),
